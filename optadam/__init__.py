@@ -1,0 +1,31 @@
+"""optadam: Keras's Adam optimizer, step for step, as small pure Optax transformations."""
+
+from optadam.alias import AdamState, KerasAdam, adam
+from optadam.clipping import clip_by_keras_global_norm, clip_by_tensor_norm, clip_by_value
+from optadam.ema import ParameterEmaState, ema_params, finalize_variable_values, parameter_ema
+from optadam.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
+from optadam.scale import ScaleByKerasAdamState, scale_by_keras_adam
+from optadam.updates import apply_updates
+from optadam.weight_decay import add_decayed_weights, exclusion_mask
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdamState",
+    "KerasAdam",
+    "ParameterEmaState",
+    "ScaleByKerasAdamState",
+    "ScaleByLearningRateState",
+    "adam",
+    "add_decayed_weights",
+    "apply_updates",
+    "clip_by_keras_global_norm",
+    "clip_by_tensor_norm",
+    "clip_by_value",
+    "ema_params",
+    "exclusion_mask",
+    "finalize_variable_values",
+    "parameter_ema",
+    "scale_by_keras_adam",
+    "scale_by_learning_rate",
+]

@@ -1,0 +1,234 @@
+"""`optadam.adam`: Keras's arguments, validated, composed into one `optax.chain`."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional, Sequence
+
+import jax
+import numpy as np
+import optax
+
+from optadam import clipping
+from optadam import ema
+from optadam import hyperparams
+from optadam import learning_rate as learning_rate_lib
+from optadam import scale
+from optadam import weight_decay as weight_decay_lib
+
+
+class AdamState(NamedTuple):
+  """State of `optadam.adam`, one field per transform of the chain, in chain order."""
+  clip: optax.OptState  # EmptyState: clipping is stateless
+  adam: scale.ScaleByKerasAdamState  # step count, mu, nu, nu_max
+  weight_decay: optax.OptState  # EmptyState (or optax.masked's state)
+  learning_rate: learning_rate_lib.ScaleByLearningRateState  # step count for schedules
+  ema: optax.OptState  # ParameterEmaState with use_ema, else EmptyState
+
+
+class KerasAdam(optax.GradientTransformationExtraArgs):
+  """The `optax.GradientTransformationExtraArgs` returned by `optadam.adam`.
+
+  Besides ``init`` and ``update`` it carries ``name`` and ``keras_args`` (the
+  arguments it was built from), read by `optadam.get_config`.
+  """
+
+
+_DEPRECATED_KWARGS = ("decay", "gradient_aggregator", "gradient_transformers")
+_IGNORED_KWARGS = ("is_legacy_optimizer", "mesh")
+
+
+def _check_kwargs(kwargs: dict[str, Any]) -> None:
+  for key in kwargs:
+    if key == "lr":
+      raise ValueError("`lr` is not an argument of optadam.adam: pass `learning_rate=` instead "
+                       "(Keras 2 silently ignores `lr`).")
+    if key in _DEPRECATED_KWARGS:
+      raise ValueError(f"`{key}` is deprecated in the new Keras optimizer and not supported by "
+                       "optadam.adam; use a learning-rate schedule (for `decay`) or an optax "
+                       "transform in your own chain instead.")
+    if key not in _IGNORED_KWARGS:
+      raise TypeError(f"optadam.adam() got an unexpected keyword argument `{key}`. Keras's Adam "
+                      "arguments are: learning_rate, beta_1, beta_2, epsilon, amsgrad, "
+                      "weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum, "
+                      "ema_overwrite_frequency, jit_compile, name.")
+
+
+def _is_set(value: Any) -> bool:
+  """Keras's "off" for clipping: None or 0."""
+  return value is not None and hyperparams.concrete_number(value) != 0.0
+
+
+def _check_bool(name: str, value: Any) -> None:
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"`{name}` must be True or False; got {hyperparams.describe(value)}.")
+
+
+def _clip_transform(clipnorm: Any, clipvalue: Any, global_clipnorm: Any) -> optax.GradientTransformation:
+  given = {name: value for name, value in
+           (("clipnorm", clipnorm), ("clipvalue", clipvalue), ("global_clipnorm", global_clipnorm))
+           if _is_set(value)}
+  if len(given) > 1:
+    raise ValueError(f"Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set; got "
+                     f"{', '.join(f'{k}={v!r}' for k, v in given.items())}.")
+  for name, value in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
+                      ("global_clipnorm", global_clipnorm)):
+    if value is not None:
+      hyperparams.check_number(name, value, allow_callable=False, low=0.0,
+                               allowed="None or 0 means no clipping")
+  if "clipnorm" in given:
+    return clipping.clip_by_tensor_norm(clipnorm)
+  if "global_clipnorm" in given:
+    return clipping.clip_by_keras_global_norm(global_clipnorm)
+  if "clipvalue" in given:
+    return clipping.clip_by_value(clipvalue)
+  return optax.identity()
+
+
+def _has_array_hyperparams(*values: Any) -> bool:
+  return any(isinstance(v, jax.Array) for v in values)
+
+
+def adam(
+    learning_rate: hyperparams.Hyperparam = 0.001,
+    beta_1: hyperparams.Hyperparam = 0.9,
+    beta_2: hyperparams.Hyperparam = 0.999,
+    epsilon: float = 1e-7,
+    amsgrad: bool = False,
+    weight_decay: Optional[float] = None,
+    clipnorm: Optional[float] = None,
+    clipvalue: Optional[float] = None,
+    global_clipnorm: Optional[float] = None,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: Optional[int] = None,
+    jit_compile: bool = True,
+    name: str = "Adam",
+    *,
+    mu_dtype: Optional[Any] = None,
+    nu_dtype: Optional[Any] = None,
+    exclude_from_weight_decay: Optional[Sequence[str]] = None,
+    weight_decay_mask: Optional[Any] = None,
+    ema_dtype: Optional[Any] = None,
+    ema_style: str = "keras2",
+    **kwargs: Any,
+) -> KerasAdam:
+  """Keras's ``Adam`` optimizer (``tf.keras.optimizers.Adam``, TF 2.11–2.15) for optax.
+
+  The same arguments, positional order and defaults as Keras 2; the result is
+  one `optax.chain`, in Keras's order::
+
+    clip (clipnorm | global_clipnorm | clipvalue)   optadam.clip_by_*
+    -> Keras Adam scaling (epsilon-hat, AMSGrad)     optadam.scale_by_keras_adam
+    -> decoupled weight decay                        optadam.add_decayed_weights
+    -> -learning_rate                                optadam.scale_by_learning_rate
+    -> parameter EMA with overwrite                  optadam.parameter_ema
+
+  so that ``x_new = x - lr*wd*x - alpha * m / (sqrt(v) + epsilon)`` with
+  ``alpha = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)``. Gradient leaves that
+  are ``None`` skip their parameter entirely this step (no moment decay, weight
+  decay or EMA) and give ``None`` updates (`optadam.apply_updates` keeps those
+  parameters).
+
+  Args:
+    learning_rate: float, scalar array, schedule ``fn(step)`` (e.g. from
+      `optadam.schedules`) or zero-argument callable (called at every step).
+    beta_1: first-moment decay, in [0, 1); float, schedule or zero-arg callable.
+    beta_2: second-moment decay, in [0, 1); same forms.
+    epsilon: Keras's epsilon-hat (outside the square root, not bias-corrected), >= 0.
+    amsgrad: keep the running max of the raw second moment.
+    weight_decay: decoupled decay rate, multiplied by the learning rate; None: off.
+    clipnorm: clip each gradient tensor to this L2 norm; None or 0: off.
+    clipvalue: clip gradient elements to [-clipvalue, clipvalue]; None or 0: off.
+    global_clipnorm: clip all gradients to this global L2 norm; None or 0: off.
+      At most one of the three clipping arguments may be set.
+    use_ema: keep an exponential moving average of the parameters.
+    ema_momentum: the EMA's momentum, in [0, 1].
+    ema_overwrite_frequency: None or 0 (never), or overwrite the parameters with
+      their average after every this many updates.
+    jit_compile: True: ``update`` is compiled with ``jax.jit``; False: it runs op by
+      op (debugging). Inside a user's ``jit`` it changes nothing.
+    name: the optimizer's name, kept in its configuration.
+    mu_dtype: dtype of the first moment (default: the parameter's).
+    nu_dtype: dtype of the second moment and AMSGrad max (default: the parameter's).
+    exclude_from_weight_decay: regular expressions; parameters whose
+      "/"-joined pytree path matches one (``re.search``) are not decayed.
+    weight_decay_mask: optax-style mask (pytree of bools or callable) of the
+      parameters to decay.
+    ema_dtype: dtype of the parameter average (default: the parameter's).
+    ema_style: "keras2" (default) or "keras3" seeding of the average; see
+      `optadam.parameter_ema`.
+    **kwargs: Keras's legacy keywords: ``lr``, ``decay``,
+      ``gradient_aggregator``, ``gradient_transformers`` raise ValueError;
+      ``is_legacy_optimizer`` and ``mesh`` are accepted and ignored.
+
+  Returns:
+    A `KerasAdam` (an ``optax.GradientTransformationExtraArgs``) whose state is an
+    `AdamState`. Its ``update`` needs ``params`` when weight decay or EMA is on.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optadam
+    >>> tx = optadam.adam(learning_rate=1e-3, weight_decay=0.004)
+    >>> params = {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}
+    >>> state = tx.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optadam.apply_updates(params, updates)
+  """
+  _check_kwargs(kwargs)
+  hyperparams.check_number("learning_rate", learning_rate)
+  hyperparams.check_number("beta_1", beta_1, low=0.0, high=1.0, high_inclusive=False)
+  hyperparams.check_number("beta_2", beta_2, low=0.0, high=1.0, high_inclusive=False)
+  hyperparams.check_number("epsilon", epsilon, allow_callable=False, low=0.0)
+  _check_bool("amsgrad", amsgrad)
+  _check_bool("use_ema", use_ema)
+  _check_bool("jit_compile", jit_compile)
+  if not isinstance(name, str):
+    raise TypeError(f"`name` must be a string; got {hyperparams.describe(name)}.")
+  if weight_decay is None and (exclude_from_weight_decay or weight_decay_mask is not None):
+    raise ValueError("`exclude_from_weight_decay` / `weight_decay_mask` need `weight_decay` to be "
+                     "set; got weight_decay=None.")
+  clip = _clip_transform(clipnorm, clipvalue, global_clipnorm)
+  if use_ema:
+    ema.check_ema_args(ema_momentum, ema_overwrite_frequency, ema_style)
+
+  transforms = AdamState(
+      clip=clip,
+      adam=scale.scale_by_keras_adam(beta_1, beta_2, epsilon, amsgrad,
+                                     mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+      weight_decay=optax.identity() if weight_decay is None else weight_decay_lib.add_decayed_weights(
+          weight_decay, exclude_from_weight_decay=exclude_from_weight_decay,
+          weight_decay_mask=weight_decay_mask),
+      learning_rate=learning_rate_lib.scale_by_learning_rate(learning_rate),
+      ema=ema.parameter_ema(ema_momentum, ema_overwrite_frequency, ema_dtype=ema_dtype,
+                            ema_style=ema_style) if use_ema else optax.identity(),
+  )
+  chain = optax.chain(*transforms)
+  needs_params = weight_decay is not None or use_ema
+
+  def init_fn(params):
+    return AdamState(*chain.init(params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if needs_params and params is None:
+      on = " and ".join(n for n, v in (("weight_decay", weight_decay is not None),
+                                       ("use_ema", use_ema)) if v)
+      raise ValueError(f"optadam.adam with {on} needs the parameters: call "
+                       "`tx.update(grads, opt_state, params)`.")
+    updates, new_state = chain.update(updates, tuple(state), params, **extra_args)
+    return updates, AdamState(*new_state)
+
+  # Array hyperparameters mean inject_hyperparams (or a trace) builds this optimizer at
+  # every step; a jit here would then be a fresh function, recompiled at every call.
+  if jit_compile and not _has_array_hyperparams(
+      learning_rate, beta_1, beta_2, epsilon, weight_decay, clipnorm, clipvalue,
+      global_clipnorm, ema_momentum, ema_overwrite_frequency):
+    update_fn = jax.jit(update_fn)
+
+  tx = KerasAdam(init_fn, update_fn)
+  tx.name = name
+  tx.keras_args = dict(
+      learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
+      amsgrad=amsgrad, weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
+      global_clipnorm=global_clipnorm, use_ema=use_ema, ema_momentum=ema_momentum,
+      ema_overwrite_frequency=ema_overwrite_frequency, jit_compile=jit_compile, name=name)
+  return tx

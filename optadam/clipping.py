@@ -1,0 +1,126 @@
+"""Keras's three gradient-clipping rules: per-tensor norm, global norm, value.
+
+Sparse `optadam.IndexedSlices` gradients are clipped on their raw values, before
+duplicate rows are summed (what Keras does: its norms are over the raw values).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optadam import _tree
+from optadam import hyperparams
+from optadam import sparse
+
+
+def _check_threshold(name: str, value: Any) -> None:
+  hyperparams.check_number(name, value, allow_callable=False, low=0.0,
+                           allowed="a positive threshold")
+  if hyperparams.concrete_number(value) == 0.0:
+    raise ValueError(f"`{name}` must be > 0 for this transform (in `optadam.adam`, "
+                     f"None or 0 means 'no clipping'); got {value!r}.")
+
+
+def _sum_of_squares(g: Any) -> jax.Array:
+  """sum(g**2) over the raw values, accumulated in at least float32."""
+  values = sparse.values_of(g)
+  acc_dtype = jnp.promote_types(values.dtype, jnp.float32)
+  return jnp.sum(jnp.square(values.astype(acc_dtype)))
+
+
+def clip_by_tensor_norm(clipnorm: float) -> optax.GradientTransformation:
+  """Clips each gradient tensor to L2 norm `clipnorm` (Keras's ``clipnorm``).
+
+  ``g <- (g * clipnorm) / max(||g||_2, clipnorm)``, tensor by tensor (Keras's
+  formula, with its rounding). A zero gradient stays zero.
+
+  Differs from ``optax.clip_by_global_norm`` (one norm over the whole tree) and
+  ``optax.clip_by_block_rms`` (RMS, not norm). The norm of a 16-bit tensor is
+  accumulated in float32.
+
+  Args:
+    clipnorm: the largest L2 norm a gradient tensor may have (> 0).
+
+  Returns:
+    A stateless `optax.GradientTransformation`.
+  """
+  _check_threshold("clipnorm", clipnorm)
+
+  def clip(g):
+    norm = jnp.sqrt(_sum_of_squares(g))
+    values = sparse.values_of(g)
+    dtype = jnp.promote_types(values.dtype, jnp.float32)
+    clipped = (values.astype(dtype) * clipnorm) / jnp.maximum(norm, clipnorm)
+    return sparse.with_values(g, clipped.astype(values.dtype))
+
+  def update_fn(updates, state, params=None):
+    del params
+    return _tree.map_grads(clip, updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def clip_by_keras_global_norm(global_clipnorm: float) -> optax.GradientTransformation:
+  """Scales all gradients so that their global L2 norm is at most `global_clipnorm`.
+
+  With ``n`` the L2 norm over every (non-None) gradient,
+  ``g <- g * (c * min(1/n, 1/c) + (n - n))`` — Keras's factor. Below the
+  threshold that factor can differ from 1 by an ulp, and a non-finite ``n``
+  turns every gradient into NaN; both are what Keras does, and kept.
+
+  Differs from ``optax.clip_by_global_norm``, which leaves gradients untouched
+  below the threshold and multiplies by ``c / n`` above it.
+
+  Args:
+    global_clipnorm: the largest global norm (> 0).
+
+  Returns:
+    A stateless `optax.GradientTransformation`.
+  """
+  _check_threshold("global_clipnorm", global_clipnorm)
+
+  def update_fn(updates, state, params=None):
+    del params
+    leaves = [g for g in _tree.flatten_grads(updates)[0] if g is not None]
+    if not leaves:
+      return updates, state
+    norm = jnp.sqrt(jnp.sum(jnp.stack([_sum_of_squares(g) for g in leaves])))
+    scale = global_clipnorm * jnp.minimum(1.0 / norm, 1.0 / global_clipnorm)
+    scale = scale + (norm - norm)  # NaN when the norm is not finite (Keras)
+
+    def clip(g):
+      values = sparse.values_of(g)
+      return sparse.with_values(g, values * scale.astype(values.dtype))
+
+    return _tree.map_grads(clip, updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def clip_by_value(clipvalue: float) -> optax.GradientTransformation:
+  """Clips every gradient element to ``[-clipvalue, clipvalue]`` (Keras's ``clipvalue``).
+
+  The same numbers as ``optax.clip``; written here because ``optax.clip`` would
+  also clip the integer row indices of a sparse `optadam.IndexedSlices` gradient.
+
+  Args:
+    clipvalue: the largest absolute value of a gradient element (> 0).
+
+  Returns:
+    A stateless `optax.GradientTransformation`.
+  """
+  _check_threshold("clipvalue", clipvalue)
+
+  def clip(g):
+    values = sparse.values_of(g)
+    return sparse.with_values(g, jnp.clip(values, -clipvalue, clipvalue))
+
+  def update_fn(updates, state, params=None):
+    del params
+    return _tree.map_grads(clip, updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)

@@ -1,0 +1,188 @@
+"""Exponential moving average of the parameters, with periodic overwrite (Keras's ``use_ema``)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optadam import _tree
+from optadam import hyperparams
+
+EMA_STYLES = ("keras2", "keras3")
+
+
+class ParameterEmaState(NamedTuple):
+  """State of `parameter_ema`."""
+  count: jax.Array  # shape=(), dtype=int32: updates already taken
+  ema: optax.Params  # the moving average, shaped like params (dtype: ema_dtype or the param's)
+
+
+def check_ema_args(ema_momentum: Any, ema_overwrite_frequency: Any, ema_style: str = "keras2") -> None:
+  """Validates the EMA arguments (SPEC §5); traced values pass."""
+  hyperparams.check_number("ema_momentum", ema_momentum, allow_callable=False, low=0.0, high=1.0)
+  f = ema_overwrite_frequency
+  if f is not None:
+    if isinstance(f, jax.core.Tracer):
+      pass
+    elif isinstance(f, bool) or not (
+        isinstance(f, (int, np.integer))
+        or (isinstance(f, (np.ndarray, jax.Array)) and np.ndim(f) == 0
+            and np.issubdtype(np.asarray(f).dtype, np.integer))):
+      raise ValueError("`ema_overwrite_frequency` must be None or an int >= 0 (0 or None: never "
+                       f"overwrite); got {hyperparams.describe(f)}.")
+    elif int(f) < 0:
+      raise ValueError("`ema_overwrite_frequency` must be None or an int >= 0 (0 or None: never "
+                       f"overwrite); got {f!r}.")
+  if ema_style not in EMA_STYLES:
+    raise ValueError(f"`ema_style` must be one of {EMA_STYLES}; got {ema_style!r}.")
+
+
+def parameter_ema(
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: Optional[int] = None,
+    *,
+    ema_dtype: Optional[Any] = None,
+    ema_style: str = "keras2",
+) -> optax.GradientTransformation:
+  """Keeps an exponential moving average of the parameters; optionally overwrites them with it.
+
+  This transform must come LAST in a chain: it sees the final update ``u`` and
+  the parameters ``x`` and computes the post-update value ``x_new = x + u``
+  exactly as ``optax.apply_updates`` will. Then::
+
+    avg = ema_momentum * avg + (1 - ema_momentum) * x_new
+    if ema_overwrite_frequency and (it + 1) % ema_overwrite_frequency == 0:
+      emit  avg - x  as the update (the parameters land on the average)
+
+  ``it`` is the number of updates already taken (0 on the first). The average
+  starts as a copy of the parameters at ``init`` (Keras 2). On an overwrite step
+  the stored average is set to the value the parameters land on
+  (``x + (avg - x)``), so that the two are bit-equal afterwards; that value is
+  ``avg`` itself unless the subtraction rounds (``|avg|`` much smaller than ``|x|``).
+
+  This is an average of the parameters, not optax's ``ema`` (an average of the
+  updates). Use `optadam.ema_params` to read the averages and
+  `optadam.finalize_variable_values` to put them into the parameters.
+
+  Args:
+    ema_momentum: weight of the old average, in [0, 1].
+    ema_overwrite_frequency: None or 0 (never), or overwrite after every
+      ``ema_overwrite_frequency``-th update.
+    ema_dtype: dtype of the average; default: the parameter's (as Keras). Use
+      ``jnp.float32`` for 16-bit parameters.
+    ema_style: ``"keras2"`` (default; SPEC §5): parameters whose gradient is None
+      are neither averaged nor overwritten that step. ``"keras3"`` reproduces
+      Keras 3: the average is the post-update parameters after the first step
+      (momentum 0 on it, computed in the average's dtype), and every parameter
+      is averaged and overwritten, whether or not it got a gradient.
+
+  Returns:
+    An `optax.GradientTransformation` whose ``update`` needs ``params``.
+  """
+  check_ema_args(ema_momentum, ema_overwrite_frequency, ema_style)
+  ema_dtype = None if ema_dtype is None else jnp.dtype(ema_dtype)
+  freq = ema_overwrite_frequency
+  overwrites = freq is not None and not (
+      hyperparams.concrete_number(freq) is not None and int(freq) == 0)
+
+  def init_fn(params):
+    ema = jax.tree.map(lambda p: jnp.asarray(p, ema_dtype or jnp.asarray(p).dtype), params)
+    return ParameterEmaState(count=jnp.zeros([], jnp.int32), ema=ema)
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("The parameter EMA (`use_ema=True` / `optadam.parameter_ema`) needs the "
+                       "parameters: call `tx.update(grads, opt_state, params)`.")
+    it = state.count
+    if ema_style == "keras3":
+      momentum = (it != 0).astype(jnp.float32) * jnp.asarray(ema_momentum, jnp.float32)
+      one_minus = None  # formed from the momentum array, in the average's dtype
+    elif isinstance(ema_momentum, (int, float)):
+      momentum, one_minus = float(ema_momentum), 1.0 - float(ema_momentum)  # Python double (Keras 2)
+    else:
+      momentum = jnp.asarray(ema_momentum, jnp.float32)
+      one_minus = 1.0 - momentum
+    if overwrites:
+      overwrite = (it + 1) % jnp.asarray(freq, jnp.int32) == 0
+    u_leaves, treedef = _tree.flatten_grads(updates)
+    p_leaves = _tree.leaves_like(treedef, params)
+    a_leaves = _tree.leaves_like(treedef, state.ema)
+
+    out, new_avg = [], []
+    for u, p, avg in zip(u_leaves, p_leaves, a_leaves):
+      if u is None and ema_style == "keras2":  # no gradient: not averaged, not overwritten
+        out.append(None)
+        new_avg.append(avg)
+        continue
+      x_new = p if u is None else (p + u).astype(p.dtype)  # == optax.apply_updates
+      m = momentum if isinstance(momentum, float) else momentum.astype(avg.dtype)
+      om = (1 - m) if one_minus is None else (
+          one_minus if isinstance(one_minus, float) else one_minus.astype(avg.dtype))
+      avg = m * avg + om * x_new.astype(avg.dtype)
+      if u is None:
+        u = jnp.zeros_like(p)
+      if overwrites:
+        to_avg = (avg.astype(p.dtype) - p).astype(u.dtype)
+        u = jnp.where(overwrite, to_avg, u)
+        if avg.dtype == p.dtype:  # store exactly what the parameters become
+          avg = jnp.where(overwrite, (p + u).astype(p.dtype), avg)
+      out.append(u)
+      new_avg.append(avg)
+
+    new_state = ParameterEmaState(count=optax.safe_increment(it), ema=treedef.unflatten(new_avg))
+    return treedef.unflatten(out), new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _find_ema_states(opt_state: Any) -> list[ParameterEmaState]:
+  is_ema = lambda x: isinstance(x, ParameterEmaState)
+  return [x for x in jax.tree.leaves(opt_state, is_leaf=is_ema) if is_ema(x)]
+
+
+def _the_ema_state(opt_state: Any) -> Optional[ParameterEmaState]:
+  found = _find_ema_states(opt_state)
+  if len(found) > 1:
+    raise ValueError(f"The optimizer state holds {len(found)} parameter EMAs; pass the part of "
+                     "the state that holds the one you mean.")
+  return found[0] if found else None
+
+
+def ema_params(opt_state: Any) -> optax.Params:
+  """The moving averages of the parameters, wherever the EMA sits in `opt_state`.
+
+  Finds the `parameter_ema` state inside `optadam.adam`'s state and inside a
+  user's ``optax.chain`` / ``inject_hyperparams`` / ``MultiSteps`` nesting. Use
+  it to evaluate with the EMA weights without touching the training parameters
+  (what Keras's ``SwapEMAWeights`` callback is used for).
+
+  Raises:
+    ValueError: if the state holds no parameter EMA (``use_ema=False``).
+  """
+  state = _the_ema_state(opt_state)
+  if state is None:
+    raise ValueError("This optimizer state has no parameter EMA: build the optimizer with "
+                     "`optadam.adam(..., use_ema=True)` (or chain `optadam.parameter_ema()` last).")
+  return state.ema
+
+
+def finalize_variable_values(params: optax.Params, opt_state: Any) -> optax.Params:
+  """`params` replaced by their moving averages, as Keras's ``fit`` does after training.
+
+  A no-op (returns `params`) when the optimizer has no parameter EMA, as in Keras.
+  Averages are cast to the parameters' dtypes.
+  """
+  state = _the_ema_state(opt_state)
+  if state is None:
+    return params
+
+  def pick(p, avg):
+    if p is None or isinstance(avg, optax.MaskedNode):
+      return p
+    return jnp.asarray(avg).astype(jnp.asarray(p).dtype)
+
+  return jax.tree.map(pick, params, state.ema, is_leaf=lambda x: x is None)

@@ -1,0 +1,160 @@
+"""The Keras Adam scaler: moments, bias correction folded into alpha, epsilon-hat, AMSGrad."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optadam import _tree
+from optadam import hyperparams
+from optadam import sparse
+
+
+class ScaleByKerasAdamState(NamedTuple):
+  """State of `scale_by_keras_adam`."""
+  count: jax.Array  # shape=(), dtype=int32: updates already taken (Keras's `iterations`)
+  mu: optax.Updates  # first moment m, shaped like params (dtype: mu_dtype or the param's)
+  nu: optax.Updates  # second moment v, shaped like params (dtype: nu_dtype or the param's)
+  nu_max: Optional[optax.Updates]  # running max of the raw v (AMSGrad's v-hat); None without amsgrad
+
+
+def _one_minus(beta: Any, beta_now: Any) -> Any:
+  """`1 - beta`: in Python double for a Python number (Keras's rounding), else float32."""
+  if isinstance(beta, (int, float)) and not isinstance(beta, bool):
+    return 1.0 - float(beta)
+  return 1.0 - jnp.asarray(beta_now, jnp.float32)
+
+
+def scale_by_keras_adam(
+    beta_1: hyperparams.Hyperparam = 0.9,
+    beta_2: hyperparams.Hyperparam = 0.999,
+    epsilon: float = 1e-7,
+    amsgrad: bool = False,
+    *,
+    mu_dtype: Optional[Any] = None,
+    nu_dtype: Optional[Any] = None,
+) -> optax.GradientTransformation:
+  r"""Scales gradients by Keras's Adam rule (without the learning rate).
+
+  With ``t`` the 1-based step, per parameter with gradient ``g``::
+
+    m     = m + (g - m) * (1 - beta_1)
+    v     = v + (g * g - v) * (1 - beta_2)
+    v_hat = max(v_hat, v)                       # amsgrad only: max of the RAW v
+    c     = sqrt(1 - beta_2**t) / (1 - beta_1**t)
+    out   = (m * c) / (sqrt(v_hat or v) + epsilon)
+
+  Multiplied by ``-learning_rate`` (`optadam.scale_by_learning_rate`) this is
+  Keras's ``x -= (m * alpha) / (sqrt(v) + epsilon)`` with
+  ``alpha = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)``.
+
+  Differences from optax: ``optax.scale_by_adam`` bias-corrects ``v`` and puts
+  epsilon after that correction; Keras's epsilon is "epsilon hat", outside the
+  square root and not bias-corrected (it acts like ``epsilon / sqrt(1 - beta_2**t)``
+  in the textbook form). ``optax.scale_by_amsgrad`` maxes the bias-corrected
+  ``v``; Keras maxes the raw one. The two agree only when epsilon is 0.
+
+  Numerics: ``1 - beta`` is formed in Python double precision and rounded to the
+  moment dtype (Keras's rounding); the powers and ``c`` are computed in float32
+  (float64 for float64 moments), so that 16-bit parameters still move (Keras 2
+  rounds ``beta_2 = 0.999`` to 1.0 in bfloat16 and never moves them). The
+  step count is a saturating int32. Gradient leaves that are ``None`` leave
+  their moments untouched and give a ``None`` update; sparse
+  `optadam.IndexedSlices` gradients give the dense-equivalent result.
+
+  Args:
+    beta_1: decay of the first moment: a float, a schedule ``fn(step)`` or a
+      zero-argument callable (called at every step).
+    beta_2: decay of the second moment, same forms.
+    epsilon: Keras's epsilon-hat, added to ``sqrt(v)``.
+    amsgrad: use the running maximum of the raw second moment.
+    mu_dtype: dtype of the first moment; default: the parameter's (as Keras).
+    nu_dtype: dtype of the second moment (and of ``v_hat``); default: the
+      parameter's. Use ``jnp.float32`` to keep 16-bit models' moments precise.
+
+  Returns:
+    An `optax.GradientTransformation`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, optadam
+    >>> tx = optax.chain(optadam.scale_by_keras_adam(), optax.scale(-1e-3))
+    >>> params = {"w": jnp.ones(3)}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.full(3, 0.5)}, state)
+  """
+  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  nu_dtype = None if nu_dtype is None else jnp.dtype(nu_dtype)
+
+  def init_fn(params):
+    mu = jax.tree.map(lambda p: _tree.zeros_like(p, mu_dtype), params)
+    nu = jax.tree.map(lambda p: _tree.zeros_like(p, nu_dtype), params)
+    nu_max = jax.tree.map(lambda p: _tree.zeros_like(p, nu_dtype), params) if amsgrad else None
+    return ScaleByKerasAdamState(
+        count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, nu_max=nu_max)
+
+  def update_fn(updates, state, params=None):
+    del params
+    b1 = hyperparams.value_at(beta_1, state.count)
+    b2 = hyperparams.value_at(beta_2, state.count)
+    one_minus_b1 = _one_minus(beta_1, b1)
+    one_minus_b2 = _one_minus(beta_2, b2)
+
+    factors = {}  # compute dtype -> bias-correction factor c (one per dtype, shared by leaves)
+
+    def correction(dtype):
+      if dtype not in factors:
+        t = (state.count + 1).astype(dtype)
+        b1_power = jnp.power(jnp.asarray(b1, dtype), t)
+        b2_power = jnp.power(jnp.asarray(b2, dtype), t)
+        factors[dtype] = jnp.sqrt(1 - b2_power) / (1 - b1_power)
+      return factors[dtype]
+
+    g_leaves, treedef = _tree.flatten_grads(updates)
+    mu_leaves = _tree.leaves_like(treedef, state.mu)
+    nu_leaves = _tree.leaves_like(treedef, state.nu)
+    vmax_leaves = _tree.leaves_like(treedef, state.nu_max) if amsgrad else [None] * len(g_leaves)
+
+    out, new_mu, new_nu, new_vmax = [], [], [], []
+    for g, m, v, vmax in zip(g_leaves, mu_leaves, nu_leaves, vmax_leaves):
+      if g is None:  # no gradient: this parameter is skipped entirely (Keras)
+        out.append(None)
+        new_mu.append(m)
+        new_nu.append(v)
+        new_vmax.append(vmax)
+        continue
+      if sparse.is_sparse(g):
+        m, v = sparse.keras_moments(g, m, v, one_minus_b1, one_minus_b2)
+        out_dtype = g.dtype
+      else:
+        gm = g.astype(m.dtype)
+        gv = g.astype(v.dtype)
+        m = m + (gm - m) * _cast(one_minus_b1, m.dtype)
+        v = v + (gv * gv - v) * _cast(one_minus_b2, v.dtype)
+        out_dtype = g.dtype
+      if amsgrad:
+        vmax = jnp.maximum(vmax, v)
+      v_used = vmax if amsgrad else v
+      dtype = jnp.promote_types(m.dtype, v_used.dtype)
+      c = correction(jnp.promote_types(dtype, jnp.float32))
+      step = (m * c.astype(m.dtype)) / (jnp.sqrt(v_used) + jnp.asarray(epsilon, v_used.dtype))
+      out.append(step.astype(out_dtype))
+      new_mu.append(m)
+      new_nu.append(v)
+      new_vmax.append(vmax)
+
+    unflatten = treedef.unflatten
+    new_state = ScaleByKerasAdamState(
+        count=optax.safe_increment(state.count),
+        mu=unflatten(new_mu), nu=unflatten(new_nu),
+        nu_max=unflatten(new_vmax) if amsgrad else None)
+    return unflatten(out), new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _cast(x: Any, dtype: Any) -> Any:
+  """A Python float stays weakly typed (rounds straight to `dtype`); arrays are cast."""
+  return x if isinstance(x, float) else jnp.asarray(x).astype(dtype)

@@ -1,0 +1,26 @@
+"""Test setup: Keras 3 on the JAX backend, and a report of the worst parity errors."""
+
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+sys.path.insert(0, os.path.dirname(__file__))  # `import reference` from any test file
+
+import pytest  # noqa: E402
+
+_REPORT: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def report():
+  """`report(name, text)` records a line shown in the terminal summary."""
+  def add(name: str, text: str) -> None:
+    _REPORT[name] = text
+  return add
+
+
+def pytest_terminal_summary(terminalreporter):
+  if _REPORT:
+    terminalreporter.section("optadam parity report (worst error per configuration)")
+    for name in sorted(_REPORT):
+      terminalreporter.write_line(f"{name:48s} {_REPORT[name]}")

@@ -1,0 +1,99 @@
+"""A float64 NumPy transcription of SPEC §2–§5 (Keras 2's Adam), used as the reference.
+
+Written to be read next to the spec, one line per formula; no JAX here.
+Parameters are a dict ``{path: array}``; a gradient of None skips that
+parameter for the step (no moment decay, no weight decay, no EMA).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+
+def reference_adam(
+    params: dict[str, np.ndarray],
+    grads: Sequence[dict[str, Optional[np.ndarray]]],
+    *,
+    learning_rate: Any = 0.001,
+    beta_1: float = 0.9,
+    beta_2: float = 0.999,
+    epsilon: float = 1e-7,
+    amsgrad: bool = False,
+    weight_decay: Optional[float] = None,
+    exclude_from_weight_decay: Sequence[str] = (),
+    clipnorm: Optional[float] = None,
+    clipvalue: Optional[float] = None,
+    global_clipnorm: Optional[float] = None,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: Optional[int] = None,
+    dtype: Any = np.float64,
+) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+  """Runs Keras 2's Adam; returns (params after every step, final EMA averages)."""
+  x = {k: np.asarray(v, dtype).copy() for k, v in params.items()}
+  m = {k: np.zeros_like(v) for k, v in x.items()}
+  v = {k: np.zeros_like(v) for k, v in x.items()}
+  vhat = {k: np.zeros_like(v) for k, v in x.items()}
+  avg = {k: val.copy() for k, val in x.items()}               # EMA starts as a copy (Keras 2)
+  history = []
+  for it, step_grads in enumerate(grads):
+    # 1. learning rate for this step; Keras holds a float lr in a float32 variable.
+    lr = learning_rate(it) if callable(learning_rate) else learning_rate
+    lr = float(np.float32(lr))
+    # 2. parameters without a gradient are skipped entirely.
+    g = {k: np.asarray(gk, dtype) for k, gk in step_grads.items() if gk is not None}
+    # 3. clipping
+    if clipnorm:
+      g = {k: gk * clipnorm / max(np.sqrt(np.sum(gk * gk)), clipnorm) for k, gk in g.items()}
+    elif global_clipnorm:
+      n = np.sqrt(sum(np.sum(gk * gk) for gk in g.values()))
+      with np.errstate(divide="ignore"):
+          scale = global_clipnorm * min(1.0 / n, 1.0 / global_clipnorm) + (n - n)
+      g = {k: gk * scale for k, gk in g.items()}
+    elif clipvalue:
+      g = {k: np.clip(gk, -clipvalue, clipvalue) for k, gk in g.items()}
+    t = it + 1
+    alpha = lr * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+    for k, gk in g.items():
+      # 4. decoupled weight decay on the pre-update value
+      if weight_decay is not None and not any(re.search(p, k) for p in exclude_from_weight_decay):
+        x[k] = x[k] - x[k] * weight_decay * lr
+      # 5. the Adam step, epsilon-hat outside the root, AMSGrad over the raw v
+      m[k] = m[k] + (gk - m[k]) * (1 - beta_1)
+      v[k] = v[k] + (gk * gk - v[k]) * (1 - beta_2)
+      vhat[k] = np.maximum(vhat[k], v[k])
+      v_used = vhat[k] if amsgrad else v[k]
+      x[k] = x[k] - alpha * m[k] / (np.sqrt(v_used) + epsilon)
+      # 6. EMA of the post-update value, overwrite after every freq-th update
+      if use_ema:
+        avg[k] = ema_momentum * avg[k] + (1 - ema_momentum) * x[k]
+        if ema_overwrite_frequency and (it + 1) % ema_overwrite_frequency == 0:
+          x[k] = avg[k].copy()
+    history.append({k: val.copy() for k, val in x.items()})
+  return history, avg
+
+
+def make_grads(shapes: dict[str, tuple[int, ...]], steps: int, seed: int = 0, scale: Any = 1.0,
+               zero_steps: Sequence[int] = (), none: Optional[Callable[[int, str], bool]] = None,
+               ) -> list[dict[str, Optional[np.ndarray]]]:
+  """Deterministic float32 gradients; `scale` may be a function of the step."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for s in range(steps):
+    c = scale(s) if callable(scale) else scale
+    step = {}
+    for k, shape in shapes.items():
+      gk = (rng.normal(size=shape) * c).astype(np.float32)
+      if s in zero_steps:
+        gk = np.zeros(shape, np.float32)
+      step[k] = None if none is not None and none(s, k) else gk
+    out.append(step)
+  return out
+
+
+def make_params(shapes: dict[str, tuple[int, ...]], seed: int = 1) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  return {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
