@@ -38,6 +38,8 @@ _IGNORED_KWARGS = ("is_legacy_optimizer", "mesh")
 
 
 def _check_kwargs(kwargs: dict[str, Any]) -> None:
+  if isinstance(kwargs.get("kwargs"), dict):  # optax.inject_hyperparams binds **kwargs as `kwargs=`
+    kwargs = {**kwargs["kwargs"], **{k: v for k, v in kwargs.items() if k != "kwargs"}}
   for key in kwargs:
     if key == "lr":
       raise ValueError("`lr` is not an argument of optadam.adam: pass `learning_rate=` instead "
@@ -175,10 +177,6 @@ def adam(
     >>> params = optadam.apply_updates(params, updates)
   """
   _check_kwargs(kwargs)
-  hyperparams.check_number("learning_rate", learning_rate)
-  hyperparams.check_number("beta_1", beta_1, low=0.0, high=1.0, high_inclusive=False)
-  hyperparams.check_number("beta_2", beta_2, low=0.0, high=1.0, high_inclusive=False)
-  hyperparams.check_number("epsilon", epsilon, allow_callable=False, low=0.0)
   _check_bool("amsgrad", amsgrad)
   _check_bool("use_ema", use_ema)
   _check_bool("jit_compile", jit_compile)

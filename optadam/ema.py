@@ -84,7 +84,7 @@ def parameter_ema(
     An `optax.GradientTransformation` whose ``update`` needs ``params``.
   """
   check_ema_args(ema_momentum, ema_overwrite_frequency, ema_style)
-  ema_dtype = None if ema_dtype is None else jnp.dtype(ema_dtype)
+  ema_dtype = hyperparams.as_dtype("ema_dtype", ema_dtype)
   freq = ema_overwrite_frequency
   overwrites = freq is not None and not (
       hyperparams.concrete_number(freq) is not None and int(freq) == 0)

@@ -125,3 +125,17 @@ def check_number(name: str, value: Any, *, allow_callable: bool = True,
     bracket = "]" if high_inclusive else ")"
     raise ValueError(f"`{name}` must be in [{lo}, {hi}{bracket}{allowed and ' (' + allowed + ')'}; "
                      f"got {value!r}.")
+
+
+def as_dtype(name: str, value: Any) -> Any:
+  """`value` as a numpy dtype (None stays None), or a TypeError naming the argument."""
+  if value is None:
+    return None
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError:
+    raise TypeError(f"`{name}` must be None or a floating dtype (e.g. jnp.float32); "
+                    f"got {describe(value)}.") from None
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"`{name}` must be None or a floating dtype (e.g. jnp.float32); got {dtype}.")
+  return dtype

@@ -85,8 +85,11 @@ def scale_by_keras_adam(
     >>> state = tx.init(params)
     >>> updates, state = tx.update({"w": jnp.full(3, 0.5)}, state)
   """
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
-  nu_dtype = None if nu_dtype is None else jnp.dtype(nu_dtype)
+  hyperparams.check_number("beta_1", beta_1, low=0.0, high=1.0, high_inclusive=False)
+  hyperparams.check_number("beta_2", beta_2, low=0.0, high=1.0, high_inclusive=False)
+  hyperparams.check_number("epsilon", epsilon, allow_callable=False, low=0.0)
+  mu_dtype = hyperparams.as_dtype("mu_dtype", mu_dtype)
+  nu_dtype = hyperparams.as_dtype("nu_dtype", nu_dtype)
 
   def init_fn(params):
     mu = jax.tree.map(lambda p: _tree.zeros_like(p, mu_dtype), params)
