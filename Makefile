@@ -21,3 +21,19 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+# Golden trajectories from the real TF 2.15 tf.keras.optimizers.Adam, written to tests/golden/
+# (see tools/README.md). Needs a Python that TF 2.15 supports (3.9-3.11); override with TF_PYTHON=.
+TF_PYTHON ?= $(PYTHON)
+TF_VENV   := .venv-tf
+TF_STAMP  := $(TF_VENV)/.installed-tf
+
+$(TF_VENV)/bin/python:
+	$(TF_PYTHON) -m venv $(TF_VENV)
+
+$(TF_STAMP): | $(TF_VENV)/bin/python
+	$(TF_VENV)/bin/python -m pip install -q 'tensorflow-cpu==2.15.1' 'numpy<2'
+	touch $(TF_STAMP)
+
+golden: $(TF_STAMP)
+	$(TF_VENV)/bin/python tools/make_keras2_golden.py --out tests/golden

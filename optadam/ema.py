@@ -90,7 +90,8 @@ def parameter_ema(
       hyperparams.concrete_number(freq) is not None and int(freq) == 0)
 
   def init_fn(params):
-    ema = jax.tree.map(lambda p: jnp.asarray(p, ema_dtype or jnp.asarray(p).dtype), params)
+    # a copy, never the parameter buffer itself (a donating train step would donate it twice)
+    ema = jax.tree.map(lambda p: jnp.array(p, dtype=ema_dtype, copy=True), params)
     return ParameterEmaState(count=jnp.zeros([], jnp.int32), ema=ema)
 
   def update_fn(updates, state, params=None):

@@ -1,0 +1,160 @@
+"""Parameter EMA with overwrite (SPEC §5): worked example, reference, Keras 3, nesting."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optadam
+from helpers import run_keras3, run_optadam, worst_relative, worst_ulps
+from reference import make_grads, make_params, reference_adam
+
+SHAPES = {"dense/kernel": (4, 3), "dense/bias": (3,), "out": (3, 2)}
+
+
+def test_spec_worked_example():
+  """SGD-like, lr 1, g = 1, momentum 0.5, freq 3, x0 = 2 -> 1, 0, -0.125, -1.125, -2.125, -2.25."""
+  tx = optax.chain(optax.sgd(1.0), optadam.parameter_ema(0.5, 3))
+  params = jnp.asarray(2.0)
+  state = tx.init(params)
+  seen = []
+  for _ in range(6):
+    updates, state = tx.update(jnp.asarray(1.0), state, params)
+    params = optax.apply_updates(params, updates)
+    seen.append(float(params))
+  assert seen == [1.0, 0.0, -0.125, -1.125, -2.125, -2.25]
+  assert float(optadam.ema_params(state)) == -2.25
+
+
+@pytest.mark.parametrize("freq", [None, 1, 3, 7])
+@pytest.mark.parametrize("extras", [{}, {"amsgrad": True, "weight_decay": 0.02}], ids=["plain", "amsgrad+wd"])
+def test_matches_float64_reference(freq, extras, report):
+  params0 = make_params(SHAPES)
+  grads = make_grads(SHAPES, 28, seed=3)
+  kwargs = dict(learning_rate=0.01, use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=freq, **extras)
+  ref, ref_avg = reference_adam(params0, grads, **kwargs)
+  ours, state = run_optadam(optadam.adam(**kwargs), params0, grads)
+  err = worst_relative(ours, ref)
+  avg_err = worst_relative([optadam.ema_params(state)], [ref_avg])
+  report(f"ema float64 ref / freq={freq} {extras}", f"params {err:.2e}  averages {avg_err:.2e}")
+  assert err < 5e-6 and avg_err < 5e-6  # float32 vs float64 rounding (lr 0.01)
+  final = optadam.finalize_variable_values({k: jnp.asarray(v) for k, v in ours[-1].items()}, state)
+  assert worst_relative([final], [ref_avg]) < 5e-6
+
+
+@pytest.mark.parametrize("freq", [None, 3])
+def test_keras3_style_matches_keras3(freq, report):
+  params0 = make_params(SHAPES)
+  grads = make_grads(SHAPES, 25, seed=4, none=lambda s, k: k == "out" and s % 4 == 2)
+  kwargs = dict(learning_rate=0.01, use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=freq,
+                amsgrad=True, weight_decay=0.01)
+  keras_hist, opt, variables = run_keras3(kwargs, params0, grads)
+  ours, state = run_optadam(optadam.adam(**kwargs, ema_style="keras3"), params0, grads)
+  err, ulps = worst_relative(ours, keras_hist), worst_ulps(ours, keras_hist)
+  # Keras 3's averages, in its variable order
+  keras_avg = {k: np.asarray(a.value) for k, a in zip(variables, opt._model_variables_moving_average)}  # pylint: disable=protected-access
+  avg_err = worst_relative([{k: np.asarray(v) for k, v in optadam.ema_params(state).items()}], [keras_avg])
+  report(f"keras3 / ema_style=keras3 freq={freq}", f"max rel err {err:.2e} ({ulps:.1f} ulp), averages {avg_err:.2e}")
+  assert err < 1e-6 and avg_err < 1e-6
+  # ...and the default (Keras 2) seeding gives measurably different averages
+  _, keras2_state = run_optadam(optadam.adam(**kwargs), params0, grads)
+  keras2_avg = {k: np.asarray(v) for k, v in optadam.ema_params(keras2_state).items()}
+  assert worst_relative([keras2_avg], [keras_avg]) > 1e-4
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_overwrite_lands_exactly_on_the_average(dtype):
+  # large parameters with a tiny average: avg - x rounds, the stored average follows the params
+  params = {"big": jnp.full((5,), 1000.0, dtype), "mixed": jnp.asarray([1e-3, -3.0, 7.0, 0.0, 2.5], dtype)}
+  tx = optax.chain(optax.sgd(1.0), optadam.parameter_ema(0.1, 2))
+  state = tx.init(params)
+  grads = {"big": jnp.full((5,), 1000.0 - 1e-4, dtype), "mixed": jnp.asarray([1.0, -2.0, 3.0, 0.1, -4.0], dtype)}
+  for step in range(6):
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    if step % 2 == 1:
+      avg = optadam.ema_params(state)
+      for k in params:
+        np.testing.assert_array_equal(np.asarray(params[k]), np.asarray(avg[k]))
+
+
+def _nested(tx):
+  return {
+      "plain": tx,
+      "chain": optax.chain(optax.identity(), tx),
+      "inject": optax.inject_hyperparams(optadam.adam)(learning_rate=0.01, use_ema=True),
+      "multisteps": optax.MultiSteps(tx, every_k_schedule=2),
+      "apply_if_finite": optax.apply_if_finite(tx, max_consecutive_errors=3),
+  }
+
+
+@pytest.mark.parametrize("where", ["plain", "chain", "inject", "multisteps", "apply_if_finite"])
+def test_ema_found_in_nested_states(where):
+  tx = _nested(optadam.adam(learning_rate=0.01, use_ema=True, ema_momentum=0.5))[where]
+  params = {"w": jnp.ones(3)}
+  state = tx.init(params)
+  for _ in range(4):
+    updates, state = tx.update({"w": jnp.ones(3)}, state, params)
+    params = optax.apply_updates(params, updates)
+  avg = optadam.ema_params(state)
+  assert avg["w"].shape == (3,)
+  # averages lag behind the (decreasing) parameters
+  assert np.all(np.asarray(avg["w"]) > np.asarray(params["w"]))
+  final = optadam.finalize_variable_values(params, state)
+  np.testing.assert_array_equal(final["w"], avg["w"])
+
+
+def test_multisteps_with_ema_equals_adam_on_mean_gradient():
+  params0 = make_params(SHAPES)
+  micro = make_grads(SHAPES, 12, seed=5)
+  kwargs = dict(learning_rate=0.01, use_ema=True, ema_momentum=0.8, ema_overwrite_frequency=2)
+  multi, state = run_optadam(optax.MultiSteps(optadam.adam(**kwargs), every_k_schedule=3), params0, micro)
+  mean = [{k: np.mean([micro[i + j][k] for j in range(3)], axis=0) for k in SHAPES} for i in range(0, 12, 3)]
+  ref, ref_avg = reference_adam(params0, mean, **kwargs)
+  assert worst_relative(multi[2::3], ref) < 1e-6
+  assert worst_relative([optadam.ema_params(state)], [ref_avg]) < 1e-6
+
+
+def test_apply_if_finite_skips_nan_steps_including_the_average():
+  tx = optax.apply_if_finite(optadam.adam(learning_rate=0.1, use_ema=True, ema_overwrite_frequency=1), 5)
+  params = {"w": jnp.ones(2)}
+  state = tx.init(params)
+  updates, state = tx.update({"w": jnp.ones(2)}, state, params)
+  params = optax.apply_updates(params, updates)
+  before = optadam.ema_params(state)["w"]
+  updates, state = tx.update({"w": jnp.array([jnp.nan, 1.0])}, state, params)
+  np.testing.assert_array_equal(updates["w"], np.zeros(2))
+  np.testing.assert_array_equal(optadam.ema_params(state)["w"], before)
+
+
+def test_without_ema():
+  tx = optadam.adam()
+  params = {"w": jnp.ones(2)}
+  state = tx.init(params)
+  assert optadam.finalize_variable_values(params, state) is params
+  with pytest.raises(ValueError, match="no parameter EMA"):
+    optadam.ema_params(state)
+
+
+def test_two_emas_is_ambiguous():
+  tx = optax.chain(optadam.parameter_ema(), optadam.parameter_ema())
+  with pytest.raises(ValueError, match="2 parameter EMAs"):
+    optadam.ema_params(tx.init({"w": jnp.ones(1)}))
+
+
+def test_ema_dtype_float32_for_bfloat16_params():
+  params = {"w": jnp.full(4, 1.0, jnp.bfloat16)}
+  tx = optadam.adam(learning_rate=1e-3, use_ema=True, ema_momentum=0.999, ema_dtype=jnp.float32)
+  state = tx.init(params)
+  step = jax.jit(lambda p, s: tx.update({"w": jnp.ones(4, jnp.bfloat16)}, s, p))
+  for _ in range(50):
+    updates, state = step(params, state)
+    params = optadam.apply_updates(params, updates)
+  avg = optadam.ema_params(state)["w"]
+  assert avg.dtype == jnp.float32
+  # a float32 average resolves changes far below bfloat16's spacing near 1 (2**-8)
+  assert 0 < 1.0 - float(avg[0]) < 2**-8
+  assert optadam.finalize_variable_values(params, state)["w"].dtype == jnp.bfloat16
