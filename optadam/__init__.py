@@ -3,6 +3,7 @@
 from optadam.alias import AdamState, KerasAdam, adam
 from optadam.clipping import clip_by_keras_global_norm, clip_by_tensor_norm, clip_by_value
 from optadam.ema import ParameterEmaState, ema_params, finalize_variable_values, parameter_ema
+from optadam.keras3 import GradientAccumulationState, accumulate_gradients, divide_by_loss_scale
 from optadam.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
 from optadam.scale import ScaleByKerasAdamState, scale_by_keras_adam
 from optadam.updates import apply_updates
@@ -12,16 +13,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdamState",
+    "GradientAccumulationState",
     "KerasAdam",
     "ParameterEmaState",
     "ScaleByKerasAdamState",
     "ScaleByLearningRateState",
+    "accumulate_gradients",
     "adam",
     "add_decayed_weights",
     "apply_updates",
     "clip_by_keras_global_norm",
     "clip_by_tensor_norm",
     "clip_by_value",
+    "divide_by_loss_scale",
     "ema_params",
     "exclusion_mask",
     "finalize_variable_values",

@@ -11,6 +11,7 @@ import optax
 from optadam import clipping
 from optadam import ema
 from optadam import hyperparams
+from optadam import keras3
 from optadam import learning_rate as learning_rate_lib
 from optadam import scale
 from optadam import weight_decay as weight_decay_lib
@@ -18,10 +19,11 @@ from optadam import weight_decay as weight_decay_lib
 
 class AdamState(NamedTuple):
   """State of `optadam.adam`, one field per transform of the chain, in chain order."""
+  loss_scale: optax.OptState  # EmptyState: dividing by Keras 3's loss_scale_factor is stateless
   clip: optax.OptState  # EmptyState: clipping is stateless
   adam: scale.ScaleByKerasAdamState  # step count, mu, nu, nu_max
-  weight_decay: optax.OptState  # EmptyState (or optax.masked's state)
   learning_rate: learning_rate_lib.ScaleByLearningRateState  # step count for schedules
+  weight_decay: optax.OptState  # DecayedWeightsState (possibly inside optax.masked's state)
   ema: optax.OptState  # ParameterEmaState with use_ema, else EmptyState
 
 
@@ -86,6 +88,20 @@ def _clip_transform(clipnorm: Any, clipvalue: Any, global_clipnorm: Any) -> opta
   return optax.identity()
 
 
+def _keyed_chain(transforms: AdamState) -> optax.GradientTransformationExtraArgs:
+  """`optax.chain` of the transforms, its state an `AdamState` (keyed by name, not position)."""
+  chain = optax.chain(*transforms)
+
+  def init_fn(params):
+    return AdamState(*chain.init(params))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    updates, state = chain.update(updates, tuple(state), params, **extra_args)
+    return updates, AdamState(*state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def _has_array_hyperparams(*values: Any) -> bool:
   return any(isinstance(v, jax.Array) for v in values)
 
@@ -112,6 +128,8 @@ def adam(
     weight_decay_mask: Optional[Any] = None,
     ema_dtype: Optional[Any] = None,
     ema_style: str = "keras2",
+    loss_scale_factor: Optional[float] = None,
+    gradient_accumulation_steps: Optional[int] = None,
     **kwargs: Any,
 ) -> KerasAdam:
   """Keras's ``Adam`` optimizer (``tf.keras.optimizers.Adam``, TF 2.11–2.15) for optax.
@@ -119,10 +137,11 @@ def adam(
   The same arguments, positional order and defaults as Keras 2; the result is
   one `optax.chain`, in Keras's order::
 
+    [divide by loss_scale_factor]                   optadam.divide_by_loss_scale (Keras 3)
     clip (clipnorm | global_clipnorm | clipvalue)   optadam.clip_by_*
     -> Keras Adam scaling (epsilon-hat, AMSGrad)     optadam.scale_by_keras_adam
-    -> decoupled weight decay                        optadam.add_decayed_weights
     -> -learning_rate                                optadam.scale_by_learning_rate
+    -> decoupled weight decay (Keras's rounding)     optadam.add_decayed_weights
     -> parameter EMA with overwrite                  optadam.parameter_ema
 
   so that ``x_new = x - lr*wd*x - alpha * m / (sqrt(v) + epsilon)`` with
@@ -159,6 +178,10 @@ def adam(
     ema_dtype: dtype of the parameter average (default: the parameter's).
     ema_style: "keras2" (default) or "keras3" seeding of the average; see
       `optadam.parameter_ema`.
+    loss_scale_factor: Keras 3: gradients are divided by it first; None: off.
+    gradient_accumulation_steps: Keras 3: average the gradients of this many
+      calls (>= 2) and update on every k-th; see `optadam.accumulate_gradients`.
+      The state is then a `GradientAccumulationState` around the `AdamState`.
     **kwargs: Keras's legacy keywords: ``lr``, ``decay``,
       ``gradient_aggregator``, ``gradient_transformers`` raise ValueError;
       ``is_legacy_optimizer`` and ``mesh`` are accepted and ignored.
@@ -188,23 +211,28 @@ def adam(
   clip = _clip_transform(clipnorm, clipvalue, global_clipnorm)
   if use_ema:
     ema.check_ema_args(ema_momentum, ema_overwrite_frequency, ema_style)
+  keras3.check_accumulation_steps(gradient_accumulation_steps)
+  lr = learning_rate
+  if gradient_accumulation_steps and callable(lr) and not hyperparams.takes_no_arguments(lr):
+    lr = keras3.raw_count_schedule(lr, gradient_accumulation_steps)  # schedules see every call
 
   transforms = AdamState(
+      loss_scale=optax.identity() if loss_scale_factor is None else keras3.divide_by_loss_scale(
+          loss_scale_factor),
       clip=clip,
       adam=scale.scale_by_keras_adam(beta_1, beta_2, epsilon, amsgrad,
                                      mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+      learning_rate=learning_rate_lib.scale_by_learning_rate(lr),
       weight_decay=optax.identity() if weight_decay is None else weight_decay_lib.add_decayed_weights(
-          weight_decay, exclude_from_weight_decay=exclude_from_weight_decay,
+          weight_decay, learning_rate=lr, exclude_from_weight_decay=exclude_from_weight_decay,
           weight_decay_mask=weight_decay_mask),
-      learning_rate=learning_rate_lib.scale_by_learning_rate(learning_rate),
       ema=ema.parameter_ema(ema_momentum, ema_overwrite_frequency, ema_dtype=ema_dtype,
                             ema_style=ema_style) if use_ema else optax.identity(),
   )
-  chain = optax.chain(*transforms)
+  named = _keyed_chain(transforms)
+  if gradient_accumulation_steps:
+    named = keras3.accumulate_gradients(gradient_accumulation_steps, named)
   needs_params = weight_decay is not None or use_ema
-
-  def init_fn(params):
-    return AdamState(*chain.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
     if needs_params and params is None:
@@ -212,21 +240,21 @@ def adam(
                                        ("use_ema", use_ema)) if v)
       raise ValueError(f"optadam.adam with {on} needs the parameters: call "
                        "`tx.update(grads, opt_state, params)`.")
-    updates, new_state = chain.update(updates, tuple(state), params, **extra_args)
-    return updates, AdamState(*new_state)
+    return named.update(updates, state, params, **extra_args)
 
   # Array hyperparameters mean inject_hyperparams (or a trace) builds this optimizer at
   # every step; a jit here would then be a fresh function, recompiled at every call.
   if jit_compile and not _has_array_hyperparams(
       learning_rate, beta_1, beta_2, epsilon, weight_decay, clipnorm, clipvalue,
-      global_clipnorm, ema_momentum, ema_overwrite_frequency):
+      global_clipnorm, ema_momentum, ema_overwrite_frequency, loss_scale_factor):
     update_fn = jax.jit(update_fn)
 
-  tx = KerasAdam(init_fn, update_fn)
+  tx = KerasAdam(named.init, update_fn)
   tx.name = name
   tx.keras_args = dict(
       learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
       amsgrad=amsgrad, weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
       global_clipnorm=global_clipnorm, use_ema=use_ema, ema_momentum=ema_momentum,
-      ema_overwrite_frequency=ema_overwrite_frequency, jit_compile=jit_compile, name=name)
+      ema_overwrite_frequency=ema_overwrite_frequency, jit_compile=jit_compile, name=name,
+      loss_scale_factor=loss_scale_factor, gradient_accumulation_steps=gradient_accumulation_steps)
   return tx

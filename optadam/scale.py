@@ -59,8 +59,9 @@ def scale_by_keras_adam(
 
   Numerics: ``1 - beta`` is formed in Python double precision and rounded to the
   moment dtype (Keras's rounding); the powers and ``c`` are computed in float32
-  (float64 for float64 moments), so that 16-bit parameters still move (Keras 2
-  rounds ``beta_2 = 0.999`` to 1.0 in bfloat16 and never moves them). The
+  (float64 for float64 moments, from ``float32(beta)`` as Keras 2's ``tf.cast``
+  does), so that 16-bit parameters still move (Keras 2 rounds ``beta_2 = 0.999``
+  to 1.0 in bfloat16 and never moves them). The
   step count is a saturating int32. Gradient leaves that are ``None`` leave
   their moments untouched and give a ``None`` update; sparse
   `optadam.IndexedSlices` gradients give the dense-equivalent result.
@@ -110,8 +111,9 @@ def scale_by_keras_adam(
     def correction(dtype):
       if dtype not in factors:
         t = (state.count + 1).astype(dtype)
-        b1_power = jnp.power(jnp.asarray(b1, dtype), t)
-        b2_power = jnp.power(jnp.asarray(b2, dtype), t)
+        # Keras 2's tf.cast(beta, dtype) goes through a float32 tensor, also for float64.
+        b1_power = jnp.power(jnp.asarray(b1, jnp.float32).astype(dtype), t)
+        b2_power = jnp.power(jnp.asarray(b2, jnp.float32).astype(dtype), t)
         factors[dtype] = jnp.sqrt(1 - b2_power) / (1 - b1_power)
       return factors[dtype]
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from optadam import _tree
@@ -34,32 +36,80 @@ def exclusion_mask(patterns: Sequence[str]) -> Callable[[Any], Any]:
   return mask_fn
 
 
+class DecayedWeightsState(NamedTuple):
+  """State of `add_decayed_weights` in its Keras placement (after the learning rate)."""
+  count: jax.Array  # shape=(), dtype=int32: updates already taken (a schedule's step)
+
+
+def _decay_after_learning_rate(weight_decay: Any, learning_rate: Any) -> optax.GradientTransformation:
+  """Turns a learning-rate-scaled update ``u`` into Keras's ``(x - x*wd*lr) + u - x``."""
+
+  def init_fn(params):
+    del params
+    return DecayedWeightsState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError(optax.NO_PARAMS_MSG)
+    lr = jnp.asarray(hyperparams.value_at(learning_rate, state.count), jnp.float32)
+
+    def decay(u, x):
+      dtype = jnp.promote_types(u.dtype, x.dtype)
+      x = x.astype(dtype)
+      decayed = x - x * _cast(weight_decay, dtype) * lr.astype(dtype)  # Keras: x - x * wd * lr
+      return ((decayed + u.astype(dtype)) - x).astype(u.dtype)  # the Adam step from there
+
+    new_state = DecayedWeightsState(count=optax.safe_increment(state.count))
+    return _tree.map_grads(decay, updates, params), new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _cast(x: Any, dtype: Any) -> Any:
+  return x if isinstance(x, float) else jnp.asarray(x).astype(dtype)
+
+
 def add_decayed_weights(
     weight_decay: float,
     *,
+    learning_rate: Optional[hyperparams.Hyperparam] = None,
     exclude_from_weight_decay: Optional[Sequence[str]] = None,
     weight_decay_mask: Optional[Mask] = None,
 ) -> optax.GradientTransformation:
-  """Adds ``weight_decay * params`` to the updates, except where excluded.
+  """Keras's decoupled weight decay, ``x <- x - x * weight_decay * lr``, except where excluded.
 
-  Placed after `scale_by_keras_adam` and before `scale_by_learning_rate`
-  (optax's ``adamw`` placement), the decay is multiplied by the step's learning
-  rate and applied to the pre-update value, as Keras does:
-  ``x_new = x - lr * weight_decay * x - alpha * m / (sqrt(v) + epsilon)``.
+  Two placements give the same mathematics, ``x_new = x - lr*wd*x - alpha*m/(sqrt(v)+eps)``:
+
+  * ``learning_rate`` given (Keras's rounding; what `optadam.adam` uses): place this
+    AFTER `scale_by_learning_rate(learning_rate)`. With ``u`` the incoming
+    (learning-rate-scaled) update it emits ``((x - x*wd*lr) + u) - x``, so that
+    ``x + update`` rounds like Keras, which decays ``x`` first and then steps from
+    the decayed value. Give it the same learning rate (a zero-argument callable is
+    then called once here and once in the scaling).
+  * ``learning_rate=None``: ``optax.add_decayed_weights`` — adds ``wd * x`` and must be
+    placed BEFORE the learning-rate scaling (optax's ``adamw`` placement). The same
+    result up to float rounding: one rounding of ``x`` per step instead of two
+    (a few ulp over a run; measured 13 float32 ulp against TF 2.15 in 30 steps).
+
   A weight decay of 0 still runs (Keras). Leaves whose gradient is None get no
-  decay.
+  decay. A Python-number rate is rounded to float32 first, as Keras 2's
+  ``tf.cast(weight_decay, dtype)`` does (visible only for float64 parameters).
 
   Args:
     weight_decay: the decay rate (a finite number).
+    learning_rate: the learning rate (number, schedule or zero-argument
+      callable), for the Keras placement; None for the optax placement.
     exclude_from_weight_decay: regular expressions; a parameter whose
       "/"-joined pytree path matches one (`re.search`) is not decayed.
     weight_decay_mask: an optax-style mask (a pytree of bools, or a callable
       returning one from the params): only True leaves are decayed.
 
   Returns:
-    An `optax.GradientTransformation` (``optax.add_decayed_weights``, masked).
+    An `optax.GradientTransformation` whose ``update`` needs ``params``.
   """
   hyperparams.check_number("weight_decay", weight_decay, allow_callable=False)
+  if learning_rate is not None:
+    hyperparams.check_number("learning_rate", learning_rate)
   if isinstance(exclude_from_weight_decay, str):
     raise TypeError("`exclude_from_weight_decay` must be a list of regular expressions; got "
                     f"the single string {exclude_from_weight_decay!r} (wrap it in a list).")
@@ -73,8 +123,14 @@ def add_decayed_weights(
     except re.error as e:
       raise ValueError(f"`exclude_from_weight_decay` pattern {p!r} is not a valid regular "
                        f"expression: {e}.") from None
-  # optax.add_decayed_weights is exactly Keras's decay once placed before the lr scaling.
-  tx = optax.add_decayed_weights(weight_decay, mask=exclusion_mask(patterns) if patterns else None)
+  if isinstance(weight_decay, (int, float)):  # Keras 2's tf.cast goes through float32
+    weight_decay = float(np.float32(weight_decay))
+  if learning_rate is None:
+    tx = optax.add_decayed_weights(weight_decay)  # exactly Keras's decay before the lr scaling
+  else:
+    tx = _decay_after_learning_rate(weight_decay, learning_rate)
+  if patterns:
+    tx = optax.masked(tx, exclusion_mask(patterns))
   if weight_decay_mask is not None:
     tx = optax.masked(tx, weight_decay_mask)
   return tx

@@ -56,11 +56,13 @@ def reference_adam(
     elif clipvalue:
       g = {k: np.clip(gk, -clipvalue, clipvalue) for k, gk in g.items()}
     t = it + 1
-    alpha = lr * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+    # Keras 2 casts the Python betas with tf.cast, which goes through a float32 tensor.
+    b1, b2 = float(np.float32(beta_1)), float(np.float32(beta_2))
+    alpha = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
     for k, gk in g.items():
       # 4. decoupled weight decay on the pre-update value
       if weight_decay is not None and not any(re.search(p, k) for p in exclude_from_weight_decay):
-        x[k] = x[k] - x[k] * weight_decay * lr
+        x[k] = x[k] - x[k] * float(np.float32(weight_decay)) * lr  # tf.cast: via float32
       # 5. the Adam step, epsilon-hat outside the root, AMSGrad over the raw v
       m[k] = m[k] + (gk - m[k]) * (1 - beta_1)
       v[k] = v[k] + (gk * gk - v[k]) * (1 - beta_2)

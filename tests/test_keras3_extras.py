@@ -1,0 +1,75 @@
+"""Keras 3's `loss_scale_factor` and `gradient_accumulation_steps` (SPEC §10), against Keras 3."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import optadam
+from helpers import run_keras3, run_optadam, worst_relative, worst_ulps
+from reference import make_grads, make_params, reference_adam
+
+SHAPES = {"dense/kernel": (4, 3), "dense/bias": (3,)}
+
+
+def _keras_schedule():
+  import keras  # pylint: disable=import-outside-toplevel
+  return keras.optimizers.schedules.PiecewiseConstantDecay([3, 7], [0.01, 0.005, 0.001])
+
+
+CASES = {
+    "loss_scale_factor": dict(loss_scale_factor=128.0),
+    "accumulation k=2": dict(gradient_accumulation_steps=2),
+    "accumulation k=3 + amsgrad + wd + clipnorm": dict(
+        gradient_accumulation_steps=3, amsgrad=True, weight_decay=0.01, clipnorm=0.5),
+    "accumulation k=2 + schedule (raw call count)": dict(gradient_accumulation_steps=2),
+    "loss scale + accumulation": dict(loss_scale_factor=8.0, gradient_accumulation_steps=2),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_keras3(name, report):
+  kwargs = dict(CASES[name], learning_rate=0.01)
+  if "schedule" in name:
+    kwargs["learning_rate"] = _keras_schedule()
+  params0 = make_params(SHAPES)
+  grads = make_grads(SHAPES, 24, seed=7, scale=3.0)
+  theirs, _, _ = run_keras3(kwargs, params0, grads)
+  ours, _ = run_optadam(optadam.adam(**kwargs), params0, grads)
+  err, ulps = worst_relative(ours, theirs), worst_ulps(ours, theirs)
+  report(f"keras3 / {name}", f"max rel err {err:.2e}  ({ulps:.1f} ulp at tensor scale)")
+  assert err < 1e-6
+
+
+def test_accumulation_equals_adam_on_the_mean():
+  params0 = make_params(SHAPES)
+  micro = make_grads(SHAPES, 12, seed=8)
+  ours, state = run_optadam(optadam.adam(0.01, gradient_accumulation_steps=3), params0, micro)
+  mean = [{k: np.sum([micro[i + j][k] for j in range(3)], axis=0) / 3 for k in SHAPES}
+          for i in range(0, 12, 3)]
+  ref, _ = reference_adam(params0, mean, learning_rate=0.01)
+  assert worst_relative(ours[2::3], ref) < 1e-6
+  for s in (0, 1, 3, 4):  # calls that only accumulate leave the parameters as they were
+    prev = params0 if s == 0 else ours[s - 1]
+    for k in SHAPES:
+      np.testing.assert_array_equal(ours[s][k], prev[k])
+  assert isinstance(state, optadam.GradientAccumulationState)
+  assert int(state.count) == 12 and int(state.inner.adam.count) == 4
+
+
+@pytest.mark.parametrize("bad,word", [
+    (dict(gradient_accumulation_steps=1), "gradient_accumulation_steps"),
+    (dict(gradient_accumulation_steps=2.0), "gradient_accumulation_steps"),
+    (dict(loss_scale_factor=0.0), "loss_scale_factor"),
+    (dict(loss_scale_factor=-2.0), "loss_scale_factor"),
+])
+def test_bad_values(bad, word):
+  with pytest.raises(ValueError, match=word):
+    optadam.adam(**bad)
+
+
+def test_loss_scale_divides():
+  tx = optadam.divide_by_loss_scale(4.0)
+  out, _ = tx.update({"w": jnp.array([2.0, -6.0])}, tx.init({"w": jnp.zeros(2)}))
+  np.testing.assert_array_equal(out["w"], [0.5, -1.5])
