@@ -2,10 +2,13 @@
 
 from optadam.alias import AdamState, KerasAdam, adam
 from optadam.clipping import clip_by_keras_global_norm, clip_by_tensor_norm, clip_by_value
+from optadam import schedules
 from optadam.ema import ParameterEmaState, ema_params, finalize_variable_values, parameter_ema
 from optadam.keras3 import GradientAccumulationState, accumulate_gradients, divide_by_loss_scale
+from optadam.keras_compat import from_keras_config, get_config, state_from_keras
 from optadam.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
 from optadam.scale import ScaleByKerasAdamState, scale_by_keras_adam
+from optadam.sparse import IndexedSlices
 from optadam.updates import apply_updates
 from optadam.weight_decay import add_decayed_weights, exclusion_mask
 
@@ -14,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdamState",
     "GradientAccumulationState",
+    "IndexedSlices",
     "KerasAdam",
     "ParameterEmaState",
     "ScaleByKerasAdamState",
@@ -29,7 +33,11 @@ __all__ = [
     "ema_params",
     "exclusion_mask",
     "finalize_variable_values",
+    "from_keras_config",
+    "get_config",
     "parameter_ema",
     "scale_by_keras_adam",
     "scale_by_learning_rate",
+    "schedules",
+    "state_from_keras",
 ]
