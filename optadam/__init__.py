@@ -9,6 +9,7 @@ from optadam.keras_compat import from_keras_config, get_config, state_from_keras
 from optadam.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
 from optadam.scale import ScaleByKerasAdamState, scale_by_keras_adam
 from optadam.sparse import IndexedSlices
+from optadam.sharding import state_shardings
 from optadam.updates import apply_updates
 from optadam.weight_decay import add_decayed_weights, exclusion_mask
 
@@ -40,4 +41,5 @@ __all__ = [
     "scale_by_learning_rate",
     "schedules",
     "state_from_keras",
+    "state_shardings",
 ]

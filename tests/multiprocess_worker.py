@@ -1,0 +1,203 @@
+"""One process of a 2-process optadam training run on localhost (run by tests/test_multiprocess.py).
+
+    python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT WORK_DIR
+
+Each process has 4 fake CPU devices; together they form one global mesh of 8.
+Cross-process collectives use Gloo over TCP (jax 0.10's default for CPU),
+pinned to 127.0.0.1; the coordinator binds to 127.0.0.1 only. Each scenario
+prints one ``RESULT {json}`` line; the exit code is the number of failures.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=4").strip()
+os.environ["JAX_PLATFORMS"] = "cpu"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+
+LOOPBACK = "127.0.0.1"
+
+
+def _gloo_on_loopback() -> str:
+  """Makes Gloo's TCP transport listen on 127.0.0.1 (it otherwise resolves the hostname).
+
+  Uses JAX internals (jax 0.10: ``xla_bridge.register_backend_factory`` and
+  ``make_gloo_tcp_collectives(hostname=...)``); if they are not there, JAX's
+  default (Gloo on the hostname's address) is kept.
+  """
+  try:
+    from jax._src import distributed  # pylint: disable=import-outside-toplevel
+    from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+    from jax._src.lib import _jax  # pylint: disable=import-outside-toplevel
+
+    def factory():
+      collectives = _jax.make_gloo_tcp_collectives(
+          distributed_client=distributed.global_state.client, hostname=LOOPBACK)
+      return xla_bridge.make_cpu_client(collectives=collectives)
+
+    xla_bridge.register_backend_factory("cpu", factory, priority=0, fail_quietly=False)
+    return "gloo@127.0.0.1"
+  except Exception as e:  # pylint: disable=broad-except
+    return f"gloo (default host; loopback pinning unavailable: {e!r})"
+
+
+def main(argv: list[str]) -> int:
+  process_id, num_processes, port, work_dir = int(argv[0]), int(argv[1]), argv[2], argv[3]
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  transport = _gloo_on_loopback()
+  jax.distributed.initialize(
+      coordinator_address=f"{LOOPBACK}:{port}",
+      coordinator_bind_address=f"{LOOPBACK}:{port}",
+      num_processes=num_processes, process_id=process_id,
+      initialization_timeout=90, heartbeat_timeout_seconds=30, shutdown_timeout_seconds=30)
+  try:
+    return _run(process_id, work_dir, transport)
+  finally:
+    jax.distributed.shutdown()
+
+
+def _run(process_id: int, work_dir: str, transport: str) -> int:
+  # Imported after jax.distributed.initialize (no JAX computation may run before it).
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
+
+  import dist_common as dc  # pylint: disable=import-outside-toplevel
+  import optadam  # pylint: disable=import-outside-toplevel
+
+  assert jax.process_count() == 2 and jax.device_count() == 8 and jax.local_device_count() == 4
+
+  def global_array(host, sharding):
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+  def gather(tree):
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+  def spans_processes(x):
+    return len({d.process_index for d in x.sharding.device_set}) == 2
+
+  reference = {}
+
+  def single_process_reference():
+    # The same training on this process's first device alone.
+    if not reference:
+      reference["run"] = dc.single_device_run(dc.make_tx)
+    return reference["run"]
+
+  def setup(kind):
+    if kind == "8":
+      mesh = jax.make_mesh((8,), ("d",), axis_types=(AxisType.Auto,))
+      specs = dc.param_specs(dc.host_params(), "d")
+      batch = NamedSharding(mesh, P("d"))
+    else:
+      mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+      specs = dc.param_specs_model(dc.host_params())
+      batch = NamedSharding(mesh, P("data"))
+    param_sh = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
+    params = jax.tree.map(global_array, dc.host_params(), param_sh)
+    return mesh, params, param_sh, batch
+
+  def train(kind, zero1_axis=None):
+    mesh, params, param_sh, batch_sh = setup(kind)
+    tx = dc.make_tx()
+    opt_sh = optadam.state_shardings(tx, params, zero1_axis=zero1_axis)
+    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+    replicated = NamedSharding(mesh, P())
+    step = jax.jit(dc.train_step(tx), out_shardings=(param_sh, opt_sh, replicated))
+    history = []
+    for x, y in dc.host_batches():
+      params, opt_state, _ = step(params, opt_state, global_array(x, batch_sh),
+                                  global_array(y, batch_sh))
+      assert not dc.shardings_match(opt_state, opt_sh)
+      history.append(gather(params))
+    ref_history, ref_state = single_process_reference()
+    err = dc.worst_relative(history, ref_history)
+    ema_err = dc.worst_relative(gather(opt_state.ema.ema), ref_state.ema.ema)
+    assert err <= 1e-6 and ema_err <= 1e-6, (err, ema_err)
+    return opt_state, {"worst_relative": err, "ema_worst_relative": ema_err}
+
+  def scenario_train_mesh8():
+    """Params and state sharded over all 8 devices of both processes."""
+    opt_state, info = train("8")
+    mu = opt_state.adam.mu["Dense_0"]["kernel"]  # (8, 32) split over 8 devices: (8, 4) each
+    assert spans_processes(mu) and not mu.is_fully_addressable
+    assert [s.data.shape for s in mu.addressable_shards] == [(8, 4)] * 4
+    return info
+
+  def scenario_zero1_across_processes():
+    """ZeRO-1 over the "data" axis, which spans the two processes: each holds half the moments."""
+    opt_state, info = train("2x4", zero1_axis="data")
+    mu = opt_state.adam.mu["Dense_0"]["kernel"]
+    assert mu.sharding.spec == P("data", "model") and spans_processes(mu)
+    rows = {(s.index[0].start, s.index[0].stop) for s in mu.addressable_shards}
+    assert rows == {(4 * process_id, 4 * process_id + 4)}, rows  # this process's half
+    info["rows_here"] = list(rows.pop())
+    return info
+
+  def scenario_orbax_multiprocess():
+    """Orbax save mid-training by both processes, restore into sharded targets, bitwise resume."""
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    from flax.training import train_state  # pylint: disable=import-outside-toplevel
+
+    mesh, params, param_sh, batch_sh = setup("8")
+    tx = dc.make_tx()
+    opt_sh = optadam.state_shardings(tx, param_sh)
+    replicated = NamedSharding(mesh, P())
+    state = train_state.TrainState.create(apply_fn=dc.MODEL.apply, params=params, tx=tx)
+    state = jax.device_put(state, state.replace(step=replicated, params=param_sh,
+                                                opt_state=opt_sh))
+
+    @jax.jit
+    def step(state, x, y):
+      return state.apply_gradients(grads=jax.grad(dc.loss_fn)(state.params, x, y))
+
+    batches = [(global_array(x, batch_sh), global_array(y, batch_sh))
+               for x, y in dc.host_batches()]
+    half = dc.STEPS // 2
+    path = os.path.join(work_dir, "ckpt")
+    uninterrupted = []
+    for i, (x, y) in enumerate(batches):
+      if i == half:
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(path, state)
+        ckptr.wait_until_finished()
+      state = step(state, x, y)
+      uninterrupted.append(state)
+
+    abstract_params = jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params)
+    abstract_opt = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        jax.eval_shape(tx.init, abstract_params), opt_sh)
+    target = state.replace(step=jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
+                           params=abstract_params, opt_state=abstract_opt)
+    restored = ocp.StandardCheckpointer().restore(path, target)
+    assert not dc.shardings_match(restored.opt_state, opt_sh)
+    assert spans_processes(restored.opt_state.adam.nu["Dense_1"]["kernel"])
+    assert int(restored.step) == half
+    for i, (x, y) in enumerate(batches[half:]):
+      restored = step(restored, x, y)
+      ref = uninterrupted[half + i]
+      assert dc.bitwise_equal(gather(restored.params), gather(ref.params)), i
+      assert dc.bitwise_equal(gather(restored.opt_state), gather(ref.opt_state)), i
+    # And the whole run equals the single-process one.
+    ref_history, _ = single_process_reference()
+    err = dc.worst_relative(gather(restored.params), ref_history[-1])
+    assert err <= 1e-6, err
+    return {"worst_relative_final": err}
+
+  scenarios = {"train_mesh8": scenario_train_mesh8,
+               "zero1_across_processes": scenario_zero1_across_processes,
+               "orbax_multiprocess": scenario_orbax_multiprocess}
+  print(f"process {process_id}: {jax.device_count()} devices, collectives {transport}",
+        flush=True)
+  return dc.run_scenarios(scenarios, list(scenarios))
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,146 @@
+"""The Colab notebooks in notebooks/: they run top to bottom, are committed clean, and are linked.
+
+Each notebook is executed with nbclient in a fresh kernel running *this* interpreter (a
+kernel spec written to a temporary JUPYTER_PATH, so no installed `python3` spec of another
+environment can be picked up), with the repository on PYTHONPATH and a temporary directory as
+its working directory. The notebooks assert on what they show (parity, shardings, EMA
+overwrite), so a failing claim fails the test. Execution times go to the terminal summary.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK_DIR = os.path.join(ROOT, "notebooks")
+NOTEBOOKS = sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "*.ipynb")))
+NAMES = [os.path.splitext(os.path.basename(p))[0] for p in NOTEBOOKS]
+EXPECTED = {"quickstart", "keras_to_jax", "ema_and_clipping", "sharded_training"}
+CELL_TIMEOUT_S = 300
+KERNEL_NAME = "optadam-test-python"
+COLAB_URL = "https://colab.research.google.com/github/optadam/optadam/blob/main/notebooks/{}.ipynb"
+COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+
+
+@pytest.fixture(scope="module")
+def kernel_env(tmp_path_factory, monkeypatch_module):
+  """A kernel spec for sys.executable on JUPYTER_PATH; the environment for the kernel."""
+  base = tmp_path_factory.mktemp("jupyter")
+  spec_dir = base / "kernels" / KERNEL_NAME
+  spec_dir.mkdir(parents=True)
+  (spec_dir / "kernel.json").write_text(json.dumps({
+      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+      "display_name": "optadam test (this interpreter)",
+      "language": "python",
+  }))
+  monkeypatch_module.setenv("JUPYTER_PATH", str(base))
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+  env.pop("JAX_ENABLE_X64", None)  # the notebooks are float32 demonstrations
+  return env
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+  with pytest.MonkeyPatch.context() as mp:
+    yield mp
+
+
+def _execute(nb, cwd, env):
+  client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME,
+                                   resources={"metadata": {"path": str(cwd)}})
+  client.execute(env=env)
+  return nb
+
+
+def _outputs(nb):
+  for cell in nb.cells:
+    if cell.cell_type == "code":
+      yield from cell.get("outputs", [])
+
+
+def test_the_notebooks_are_there():
+  assert EXPECTED <= set(NAMES), f"missing notebooks: {sorted(EXPECTED - set(NAMES))}"
+
+
+def test_kernel_runs_this_interpreter(kernel_env, tmp_path):
+  nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+      "import sys, optadam\nprint(sys.executable)\nprint(optadam.__file__)")])
+  _execute(nb, tmp_path, kernel_env)
+  text = "".join(o.get("text", "") for o in _outputs(nb)).splitlines()
+  assert os.path.realpath(text[0]) == os.path.realpath(sys.executable)
+  assert os.path.realpath(text[1]).startswith(os.path.realpath(ROOT) + os.sep)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs(name, kernel_env, tmp_path, report):
+  nb = nbformat.read(os.path.join(NOTEBOOK_DIR, f"{name}.ipynb"), as_version=4)
+  start = time.perf_counter()
+  _execute(nb, tmp_path, kernel_env)  # raises CellExecutionError on any failing cell
+  seconds = time.perf_counter() - start
+  report(f"notebook / {name}", f"executed in {seconds:.1f} s")
+  outputs = list(_outputs(nb))
+  assert not [o for o in outputs if o.output_type == "error"]
+  images = [o for o in outputs if "image/png" in o.get("data", {})]
+  assert images, f"{name} shows no plot"
+  assert "JAX" in "".join(o.get("text", "") for o in outputs)  # the backend line of the setup cell
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_without_outputs(name):
+  """Pre-commit style: valid nbformat v4, no outputs, no execution counts."""
+  path = os.path.join(NOTEBOOK_DIR, f"{name}.ipynb")
+  nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+  assert nb.nbformat == 4
+  nbformat.validate(nb)
+  for i, cell in enumerate(nb.cells):
+    if cell.cell_type == "code":
+      assert cell.outputs == [], f"{name} cell {i} has outputs: clear them before committing"
+      assert cell.execution_count is None, f"{name} cell {i} has an execution count"
+  assert "widgets" not in nb.metadata
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_first_cell_installs_in_colab_and_prints_backend(name):
+  nb = nbformat.read(os.path.join(NOTEBOOK_DIR, f"{name}.ipynb"), as_version=4)
+  first = next(c for c in nb.cells if c.cell_type == "code").source
+  assert 'if "google.colab" in sys.modules:' in first
+  assert '%pip install -q "optadam[examples] @ git+https://github.com/optadam/optadam"' in first
+  assert "jax.default_backend()" in first and "jax.devices()" in first
+
+
+def test_notebooks_match_their_generator(tmp_path):
+  """notebooks/make_notebooks.py writes exactly the committed notebooks (edit it, re-run it)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location("make_notebooks",
+                                                os.path.join(NOTEBOOK_DIR, "make_notebooks.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert set(module.NOTEBOOKS) == set(NAMES)
+  for name, cells in module.NOTEBOOKS.items():
+    module.write(name, cells, out_dir=str(tmp_path))
+    with open(tmp_path / f"{name}.ipynb", encoding="utf-8") as f:
+      generated = f.read()
+    with open(os.path.join(NOTEBOOK_DIR, f"{name}.ipynb"), encoding="utf-8") as f:
+      committed = f.read()
+    assert generated == committed, (f"notebooks/{name}.ipynb differs from what "
+                                    "notebooks/make_notebooks.py writes: run it")
+
+
+def test_readme_links_every_notebook_with_a_colab_badge():
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  missing = [name for name in NAMES
+             if not any(COLAB_URL.format(name) in line and COLAB_BADGE in line for line in lines)]
+  assert not missing, (f"README.md has no 'Open in Colab' badge line for {missing} "
+                       f"(expected [![Open In Colab]({COLAB_BADGE})]({COLAB_URL.format('<name>')}))")
