@@ -139,3 +139,8 @@ def as_dtype(name: str, value: Any) -> Any:
   if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(f"`{name}` must be None or a floating dtype (e.g. jnp.float32); got {dtype}.")
   return dtype
+
+
+def cast(x: Any, dtype: Any) -> Any:
+  """A Python float stays weakly typed (rounds straight to `dtype` where used); arrays are cast."""
+  return x if isinstance(x, float) else jnp.asarray(x).astype(dtype)

@@ -136,8 +136,8 @@ def scale_by_keras_adam(
       else:
         gm = g.astype(m.dtype)
         gv = g.astype(v.dtype)
-        m = m + (gm - m) * _cast(one_minus_b1, m.dtype)
-        v = v + (gv * gv - v) * _cast(one_minus_b2, v.dtype)
+        m = m + (gm - m) * hyperparams.cast(one_minus_b1, m.dtype)
+        v = v + (gv * gv - v) * hyperparams.cast(one_minus_b2, v.dtype)
         out_dtype = g.dtype
       if amsgrad:
         vmax = jnp.maximum(vmax, v)
@@ -159,7 +159,3 @@ def scale_by_keras_adam(
 
   return optax.GradientTransformation(init_fn, update_fn)
 
-
-def _cast(x: Any, dtype: Any) -> Any:
-  """A Python float stays weakly typed (rounds straight to `dtype`); arrays are cast."""
-  return x if isinstance(x, float) else jnp.asarray(x).astype(dtype)

@@ -31,6 +31,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from optadam import hyperparams
 from jax.extend import random as jax_random
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
@@ -345,10 +347,6 @@ def sum_duplicates(ids: jax.Array, values: jax.Array,
   return unique, summed
 
 
-def _cast(x: Any, dtype: Any) -> Any:
-  """A Python float stays weakly typed (rounds straight to `dtype`); arrays are cast."""
-  return x if isinstance(x, float) else jnp.asarray(x).astype(dtype)
-
 
 def keras_moments(g: Any, m: jax.Array, v: jax.Array, one_minus_b1: Any,
                   one_minus_b2: Any) -> tuple[jax.Array, jax.Array]:
@@ -367,8 +365,8 @@ def keras_moments(g: Any, m: jax.Array, v: jax.Array, one_minus_b1: Any,
   shape = tuple(m.shape)
   ids, values, num_rows = _rows(g, shape)
   row_shape = (num_rows,) + tuple(values.shape[1:])
-  c1 = _cast(one_minus_b1, m.dtype)
-  c2 = _cast(one_minus_b2, v.dtype)
+  c1 = hyperparams.cast(one_minus_b1, m.dtype)
+  c2 = hyperparams.cast(one_minus_b2, v.dtype)
   m_rows = m.reshape(row_shape)
   v_rows = v.reshape(row_shape)
   m_rows = m_rows - m_rows * c1  # == m + (-m * c1), Keras's assign_add

@@ -56,7 +56,7 @@ def _decay_after_learning_rate(weight_decay: Any, learning_rate: Any) -> optax.G
     def decay(u, x):
       dtype = jnp.promote_types(u.dtype, x.dtype)
       x = x.astype(dtype)
-      decayed = x - x * _cast(weight_decay, dtype) * lr.astype(dtype)  # Keras: x - x * wd * lr
+      decayed = x - x * hyperparams.cast(weight_decay, dtype) * lr.astype(dtype)  # Keras: x - x * wd * lr
       return ((decayed + u.astype(dtype)) - x).astype(u.dtype)  # the Adam step from there
 
     new_state = DecayedWeightsState(count=optax.safe_increment(state.count))
@@ -64,9 +64,6 @@ def _decay_after_learning_rate(weight_decay: Any, learning_rate: Any) -> optax.G
 
   return optax.GradientTransformation(init_fn, update_fn)
 
-
-def _cast(x: Any, dtype: Any) -> Any:
-  return x if isinstance(x, float) else jnp.asarray(x).astype(dtype)
 
 
 def add_decayed_weights(
