@@ -123,16 +123,20 @@ def parameter_ema(
       m = momentum if isinstance(momentum, float) else momentum.astype(avg.dtype)
       om = (1 - m) if one_minus is None else (
           one_minus if isinstance(one_minus, float) else one_minus.astype(avg.dtype))
-      avg = m * avg + om * x_new.astype(avg.dtype)
+      average = lambda x: m * avg + om * x.astype(avg.dtype)  # pylint: disable=cell-var-from-loop
+      new = average(x_new)
       if u is None:
         u = jnp.zeros_like(p)
       if overwrites:
-        to_avg = (avg.astype(p.dtype) - p).astype(u.dtype)
-        u = jnp.where(overwrite, to_avg, u)
-        if avg.dtype == p.dtype:  # store exactly what the parameters become
-          avg = jnp.where(overwrite, (p + u).astype(p.dtype), avg)
+        u = jnp.where(overwrite, (new.astype(p.dtype) - p).astype(u.dtype), u)
+        if avg.dtype == p.dtype:
+          # Store exactly what the parameters land on. Off overwrite steps `landed` IS
+          # x_new, so the average is written from it: XLA then reads the new parameters
+          # back instead of materialising the update (one pass fewer per leaf).
+          landed = (p + u).astype(p.dtype)
+          new = jnp.where(overwrite, landed, average(landed))
       out.append(u)
-      new_avg.append(avg)
+      new_avg.append(new)
 
     new_state = ParameterEmaState(count=optax.safe_increment(it), ema=treedef.unflatten(new_avg))
     return treedef.unflatten(out), new_state
