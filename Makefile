@@ -37,3 +37,18 @@ $(TF_STAMP): | $(TF_VENV)/bin/python
 
 golden: $(TF_STAMP)
 	$(TF_VENV)/bin/python tools/make_keras2_golden.py --out tests/golden
+
+# Step-time benchmark of issue 8 (benchmarks/README.md): its own venv, with torch, Keras 3 and
+# matplotlib; writes benchmarks/RESULTS.md and benchmarks/step_time.png. Options: BENCH_ARGS=--quick
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed-bench
+
+$(BENCH_VENV)/bin/python:
+	$(PYTHON) -m venv $(BENCH_VENV)
+
+$(BENCH_STAMP): pyproject.toml | $(BENCH_VENV)/bin/python
+	$(BENCH_VENV)/bin/pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m benchmarks.step $(BENCH_ARGS)

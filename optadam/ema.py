@@ -120,6 +120,11 @@ def parameter_ema(
         new_avg.append(avg)
         continue
       x_new = p if u is None else (p + u).astype(p.dtype)  # == optax.apply_updates
+      if u is not None and avg.dtype != p.dtype:
+        # Without the barrier XLA fuses this add into the average's kernel, which then reads
+        # the old p after the donated buffer was updated in place (a copy of p every step),
+        # and averages p + u in excess precision instead of the value the parameter stores.
+        x_new = jax.lax.optimization_barrier(x_new)
       m = momentum if isinstance(momentum, float) else momentum.astype(avg.dtype)
       om = (1 - m) if one_minus is None else (
           one_minus if isinstance(one_minus, float) else one_minus.astype(avg.dtype))

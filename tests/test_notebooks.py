@@ -15,11 +15,10 @@ import os
 import sys
 import time
 
+import ipykernel  # noqa: F401  (the kernel the notebooks run in; installed by `make test`)
+import nbclient
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK_DIR = os.path.join(ROOT, "notebooks")
