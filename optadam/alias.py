@@ -74,12 +74,7 @@ def _clip_transform(clipnorm: Any, clipvalue: Any, global_clipnorm: Any) -> opta
   if len(given) > 1:
     raise ValueError(f"Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set; got "
                      f"{', '.join(f'{k}={v!r}' for k, v in given.items())}.")
-  for name, value in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
-                      ("global_clipnorm", global_clipnorm)):
-    if value is not None:
-      hyperparams.check_number(name, value, allow_callable=False, low=0.0,
-                               allowed="None or 0 means no clipping")
-  if "clipnorm" in given:
+  if "clipnorm" in given:  # each clipping transform validates its own threshold
     return clipping.clip_by_tensor_norm(clipnorm)
   if "global_clipnorm" in given:
     return clipping.clip_by_keras_global_norm(global_clipnorm)
@@ -209,8 +204,6 @@ def adam(
     raise ValueError("`exclude_from_weight_decay` / `weight_decay_mask` need `weight_decay` to be "
                      "set; got weight_decay=None.")
   clip = _clip_transform(clipnorm, clipvalue, global_clipnorm)
-  if use_ema:
-    ema.check_ema_args(ema_momentum, ema_overwrite_frequency, ema_style)
   keras3.check_accumulation_steps(gradient_accumulation_steps)
   lr = learning_rate
   if gradient_accumulation_steps and callable(lr) and not hyperparams.takes_no_arguments(lr):

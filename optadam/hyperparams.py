@@ -122,7 +122,7 @@ def check_number(name: str, value: Any, *, allow_callable: bool = True,
   if below or above:
     lo = "-inf" if low is None else f"{low:g}"
     hi = "inf" if high is None else f"{high:g}"
-    bracket = "]" if high_inclusive else ")"
+    bracket = "]" if high_inclusive and high is not None else ")"
     raise ValueError(f"`{name}` must be in [{lo}, {hi}{bracket}{allowed and ' (' + allowed + ')'}; "
                      f"got {value!r}.")
 
