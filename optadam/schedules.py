@@ -220,8 +220,9 @@ class LearningRateSchedule:
   """Base class of the schedules: a config-holding `step -> lr` callable.
 
   Subclasses implement `__call__(self, step)` as a pure `jax.numpy`
-  function of `step` and `get_config()` returning the constructor
-  arguments; `from_config` rebuilds an instance from that dict.
+  function of `step` and list their constructor arguments, in Keras's
+  config order, in `_CONFIG_KEYS`: `get_config()` returns them and
+  `from_config` rebuilds an instance from that dict.
   """
 
   def __call__(self, step):  # pragma: no cover - abstract
@@ -230,11 +231,10 @@ class LearningRateSchedule:
       "`__call__(self, step)`."
     )
 
-  def get_config(self) -> dict:  # pragma: no cover - abstract
-    raise NotImplementedError(
-      f"Learning rate schedule '{type(self).__name__}' must override "
-      "`get_config()`."
-    )
+  def get_config(self) -> dict:
+    """The constructor arguments, in Keras's key order (lists copied)."""
+    return {k: list(getattr(self, k)) if isinstance(getattr(self, k), (list, tuple))
+            else getattr(self, k) for k in self._CONFIG_KEYS}
 
   @classmethod
   def from_config(cls, config: dict):
@@ -305,14 +305,6 @@ class _RateDecay(LearningRateSchedule):
       p = jnp.floor(p)
     return p
 
-  def get_config(self) -> dict:
-    return {
-      "initial_learning_rate": self.initial_learning_rate,
-      "decay_steps": self.decay_steps,
-      "decay_rate": self.decay_rate,
-      "staircase": self.staircase,
-      "name": self.name,
-    }
 
 
 class ExponentialDecay(_RateDecay):
@@ -442,12 +434,6 @@ class PiecewiseConstantDecay(LearningRateSchedule):
     index = jnp.sum(step[..., None] > boundaries, axis=-1)
     return values[index]
 
-  def get_config(self) -> dict:
-    return {
-      "boundaries": list(self.boundaries),
-      "values": list(self.values),
-      "name": self.name,
-    }
 
 
 class PolynomialDecay(LearningRateSchedule):
@@ -554,15 +540,6 @@ class PolynomialDecay(LearningRateSchedule):
       one_minus_p, power
     ) + end_learning_rate
 
-  def get_config(self) -> dict:
-    return {
-      "initial_learning_rate": self.initial_learning_rate,
-      "decay_steps": self.decay_steps,
-      "end_learning_rate": self.end_learning_rate,
-      "power": self.power,
-      "cycle": self.cycle,
-      "name": self.name,
-    }
 
 
 class InverseTimeDecay(_RateDecay):
@@ -726,15 +703,6 @@ class CosineDecay(LearningRateSchedule):
     # s / 0 when warmup_steps == 0) without affecting the result.
     return jnp.where(global_step < warmup_steps, warmup, decay)
 
-  def get_config(self) -> dict:
-    return {
-      "initial_learning_rate": self.initial_learning_rate,
-      "decay_steps": self.decay_steps,
-      "alpha": self.alpha,
-      "name": self.name,
-      "warmup_target": self.warmup_target,
-      "warmup_steps": self.warmup_steps,
-    }
 
 
 class CosineDecayRestarts(LearningRateSchedule):
@@ -846,15 +814,6 @@ class CosineDecayRestarts(LearningRateSchedule):
     decayed = (1 - alpha) * cosine_decayed + alpha
     return initial_learning_rate * decayed
 
-  def get_config(self) -> dict:
-    return {
-      "initial_learning_rate": self.initial_learning_rate,
-      "first_decay_steps": self.first_decay_steps,
-      "t_mul": self.t_mul,
-      "m_mul": self.m_mul,
-      "alpha": self.alpha,
-      "name": self.name,
-    }
 
 
 # --------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import pytest  # noqa: E402
 
 from optadam import schedules as S  # noqa: E402
 
-keras = pytest.importorskip("keras")
+import keras  # noqa: E402  (KERAS_BACKEND=jax is set in conftest.py)
 ks = keras.optimizers.schedules
 
 F32 = np.float32
@@ -353,7 +353,7 @@ def test_jit_does_not_retrace_per_step(case_id):
 
 
 def test_usable_as_optax_schedule():
-  optax = pytest.importorskip("optax")
+  import optax  # pylint: disable=import-outside-toplevel
   sched = S.CosineDecay(0.01, 10, alpha=0.1, warmup_target=0.1, warmup_steps=3)
   opt = optax.chain(optax.scale_by_schedule(sched), optax.scale(-1.0))
   sgd = optax.sgd(learning_rate=sched)
