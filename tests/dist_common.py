@@ -170,3 +170,18 @@ def run_scenarios(scenarios: dict[str, Callable[[], Any]], names: list[str],
                                    "error": traceback.format_exc()}))
     sys.stdout.flush()
   return failures
+
+
+def run_saving_checkpoint(step: Callable[..., Any], state: Any, batches: list, path: str,
+                          at: int) -> list:
+  """Runs `step` over the batches, saving the state with Orbax before batch `at`; every state."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  states = []
+  for i, (x, y) in enumerate(batches):
+    if i == at:
+      checkpointer = ocp.StandardCheckpointer()
+      checkpointer.save(path, state)
+      checkpointer.wait_until_finished()
+    state = step(state, x, y)
+    states.append(state)
+  return states

@@ -160,14 +160,8 @@ def _run(process_id: int, work_dir: str, transport: str) -> int:
                for x, y in dc.host_batches()]
     half = dc.STEPS // 2
     path = os.path.join(work_dir, "ckpt")
-    uninterrupted = []
-    for i, (x, y) in enumerate(batches):
-      if i == half:
-        ckptr = ocp.StandardCheckpointer()
-        ckptr.save(path, state)
-        ckptr.wait_until_finished()
-      state = step(state, x, y)
-      uninterrupted.append(state)
+    uninterrupted = dc.run_saving_checkpoint(step, state, batches, path, half)
+    state = uninterrupted[-1]
 
     abstract_params = jax.tree.map(
         lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params)

@@ -311,14 +311,8 @@ def scenario_orbax_sharded():
   half = STEPS // 2
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "ckpt")
-    uninterrupted = []
-    for i, (x, y) in enumerate(batches):
-      if i == half:
-        ckptr = ocp.StandardCheckpointer()
-        ckptr.save(path, state)
-        ckptr.wait_until_finished()
-      state = step(state, x, y)
-      uninterrupted.append(state)
+    uninterrupted = dist_common.run_saving_checkpoint(step, state, batches, path, half)
+    state = uninterrupted[-1]
 
     # Key paths in the checkpoint read like the state: opt_state/adam/mu/...
     meta = ocp.StandardCheckpointer().metadata(path)
