@@ -12,8 +12,11 @@ import optadam
 
 
 def run_optadam(tx, params0: dict[str, np.ndarray], grads: Sequence[dict[str, Any]],
-                jit: bool = True) -> tuple[list[dict[str, np.ndarray]], Any]:
-  """Runs `tx` over the gradient sequence; returns params after every step and the state."""
+                jit: bool = True, donate: bool = False) -> tuple[list[dict[str, np.ndarray]], Any]:
+  """Runs `tx` over the gradient sequence; returns params after every step and the state.
+
+  Gradient leaves may be numpy arrays, None, or sparse (IndexedSlices, BCOO: passed as they are).
+  """
   params = {k: jnp.asarray(v) for k, v in params0.items()}
   state = tx.init(params)
 
@@ -22,10 +25,10 @@ def run_optadam(tx, params0: dict[str, np.ndarray], grads: Sequence[dict[str, An
     return optadam.apply_updates(params, updates), state
 
   if jit:
-    step = jax.jit(step)
+    step = jax.jit(step, donate_argnums=(0, 1) if donate else ())
   history = []
   for g in grads:
-    g = {k: None if v is None else jnp.asarray(v) for k, v in g.items()}
+    g = {k: jnp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in g.items()}
     params, state = step(params, state, g)
     history.append({k: np.asarray(v) for k, v in params.items()})
   return history, state

@@ -16,7 +16,7 @@ import pytest
 from jax.experimental import sparse as jsparse
 
 import optadam
-from helpers import worst_relative
+from helpers import run_optadam, worst_relative
 from reference import reference_adam
 
 V, D = 12, 3
@@ -123,23 +123,7 @@ def make_params(shapes=SHAPES, seed: int = 1) -> dict[str, np.ndarray]:
   return {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
 
 
-def run(tx, params0, grads, *, jit: bool = True, donate: bool = False):
-  """Runs `tx` over the gradient sequence (gradients may hold IndexedSlices, BCOO and None)."""
-  params = {k: jnp.asarray(v) for k, v in params0.items()}
-  state = tx.init(params)
-
-  def step(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optadam.apply_updates(params, updates), state
-
-  if jit:
-    step = jax.jit(step, donate_argnums=(0, 1) if donate else ())
-  history = []
-  for g in grads:
-    g = {k: jnp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in g.items()}
-    params, state = step(params, state, g)
-    history.append({k: np.asarray(v) for k, v in params.items()})
-  return history, state
+run = run_optadam  # accepts IndexedSlices / BCOO / None gradient leaves
 
 
 # --- sparse == dense through optadam.adam --------------------------------------------------
