@@ -48,6 +48,8 @@ import tempfile
 import time
 from typing import Any, Callable
 
+from benchmarks.hlo import leaf_traffic
+
 # ----------------------------------------------------------------------------------------------
 # What is measured
 # ----------------------------------------------------------------------------------------------
@@ -630,61 +632,6 @@ def worker_compile(name: str, tree: str) -> dict[str, Any]:
 
 # -- HLO analysis --------------------------------------------------------------------------------
 
-_FREE_OPS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all"}
-_HLO_DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((.*)$")
-
-
-def _hlo_shapes(type_str: str) -> list[tuple[str, tuple[int, ...]]]:
-  return [(d, tuple(int(x) for x in dims.split(",") if x))
-          for d, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", type_str)]
-
-
-def _hlo_operands(rest: str) -> list[str]:
-  depth = 1
-  for i, ch in enumerate(rest):
-    if ch == "(":
-      depth += 1
-    elif ch == ")":
-      depth -= 1
-      if depth == 0:
-        return re.findall(r"%([\w.\-]+)", rest[:i])
-  return re.findall(r"%([\w.\-]+)", rest)
-
-
-def hlo_passes(hlo_text: str, shape: tuple[str, tuple[int, ...]]) -> dict[str, Any]:
-  """Full-size traffic of one leaf shape in the ENTRY computation of optimized HLO.
-
-  Every ENTRY instruction other than parameters, constants, tuples and
-  get-tuple-element / bitcast is one kernel (a loop fusion, a reduction, a copy).
-  For the array shape `shape` (dtype, dims) it counts the kernels that touch it
-  (``passes``), the full-size arrays they write (``writes``) and read
-  (``reads``), and the full-size ``copy`` instructions.
-  """
-  entry = hlo_text[hlo_text.index("\nENTRY"):]
-  body = entry[entry.index("{") + 1:]
-  instrs = []
-  for line in body.splitlines():
-    if line.strip() == "}":
-      break
-    m = _HLO_DEF.match(line)
-    if m:
-      name, type_str, opcode, rest = m.groups()
-      instrs.append((name, _hlo_shapes(type_str), opcode, _hlo_operands(rest)))
-  shape_of = {name: shapes for name, shapes, _, _ in instrs}
-  st = {"passes": 0, "writes": 0, "reads": 0, "copies": 0}
-  for _, shapes, opcode, operands in instrs:
-    if opcode in _FREE_OPS:
-      continue
-    w = sum(1 for s in shapes if s == shape)
-    r = sum(1 for o in operands if shape_of.get(o, [None])[0] == shape and len(shape_of[o]) == 1)
-    if w or r:
-      st["passes"] += 1
-      st["writes"] += w
-      st["reads"] += r
-      st["copies"] += int(opcode == "copy" and w > 0)
-  return st
-
-
 HLO_SHAPES = {"a": (256, 512), "b": (65536,), "c": (32, 32, 24)}
 
 
@@ -714,7 +661,7 @@ def worker_hlo(names: list[str]) -> dict[str, Any]:
       args = (params, state, grads)
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*args).compile()
     text = compiled.as_text()
-    per_leaf = {k: hlo_passes(text, ("f32", s)) for k, s in HLO_SHAPES.items()}
+    per_leaf = {k: leaf_traffic(text, s) for k, s in HLO_SHAPES.items()}
     ma = compiled.memory_analysis()
     out[name] = {"per_leaf": per_leaf, "temp_bytes": ma.temp_size_in_bytes,
                  "param_bytes": sum(4 * math.prod(s) for s in HLO_SHAPES.values())}
@@ -1050,7 +997,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, command: str) -> s
       per = list(h["per_leaf"].values())
       p = per[0]
       same = all(x == p for x in per)
-      rows.append([name, str(p["passes"]), str(p["writes"]), str(p["reads"]), str(p["copies"]),
+      rows.append([name, str(p["kernels"]), str(p["writes"]), str(p["reads"]), str(p["copies"]),
                    str(4 * (p["reads"] + p["writes"])) + ("" if same else " (first leaf)"),
                    f"{h['temp_bytes'] / h['param_bytes']:.2f}"])
     lines += [_md_table(["implementation", "kernels", "writes", "reads", "copies", "B/param",
