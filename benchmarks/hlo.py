@@ -15,8 +15,10 @@ _DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((.*)$"
 
 def _dims(type_str: str) -> list[tuple[int, ...]]:
   """The array dimensions in an HLO type: 'f32[2,3]{1,0}' or '(f32[2], s32[])'."""
-  return [tuple(int(x) for x in dims.split(",") if x)
-          for dims in re.findall(r"\b[a-z]+\d*\[([\d,]*)\]", type_str)]
+  return [
+    tuple(int(x) for x in dims.split(",") if x)
+    for dims in re.findall(r"\b[a-z]+\d*\[([\d,]*)\]", type_str)
+  ]
 
 
 def _operands(rest: str) -> list[str]:
@@ -33,8 +35,8 @@ def _operands(rest: str) -> list[str]:
 
 def entry_instructions(hlo_text: str) -> list[tuple[str, list[tuple[int, ...]], str, list[str]]]:
   """(name, output dims, opcode, operand names) of every instruction of the ENTRY computation."""
-  entry = hlo_text[hlo_text.index("\nENTRY"):]
-  body = entry[entry.index("{") + 1:]
+  entry = hlo_text[hlo_text.index("\nENTRY") :]
+  body = entry[entry.index("{") + 1 :]
   out = []
   for line in body.splitlines():
     if line.strip() == "}":

@@ -30,12 +30,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 CONFIGS = {  # key: (label, optimizer expression)
-    "optax": ("optax.adam", "optax.adam(1e-3)"),
-    "optadam": ("optadam.adam", "optadam.adam(1e-3)"),
-    "optadam-full": ("optadam.adam(amsgrad, weight_decay, use_ema, global_clipnorm)",
-                     "optadam.adam(1e-3, amsgrad=True, weight_decay=0.004, use_ema=True, "
-                     "global_clipnorm=1.0, exclude_from_weight_decay=['ln', 'bias'])"),
-    "optadam-zero1": ("optadam.adam, ZeRO-1 over data", "optadam.adam(1e-3)"),
+  "optax": ("optax.adam", "optax.adam(1e-3)"),
+  "optadam": ("optadam.adam", "optadam.adam(1e-3)"),
+  "optadam-full": (
+    "optadam.adam(amsgrad, weight_decay, use_ema, global_clipnorm)",
+    "optadam.adam(1e-3, amsgrad=True, weight_decay=0.004, use_ema=True, "
+    "global_clipnorm=1.0, exclude_from_weight_decay=['ln', 'bias'])",
+  ),
+  "optadam-zero1": ("optadam.adam, ZeRO-1 over data", "optadam.adam(1e-3)"),
 }
 
 
@@ -43,10 +45,10 @@ def param_shapes(vocab: int, d: int, layers: int) -> dict:
   tree = {"embed": {"embedding": (vocab, d)}, "final_ln": {"scale": (d,), "bias": (d,)}}
   for i in range(layers):
     tree[f"layer_{i}"] = {
-        "attn": {"q": (d, d), "k": (d, d), "v": (d, d), "o": (d, d)},
-        "mlp": {"up": (d, 4 * d), "up_bias": (4 * d,), "down": (4 * d, d), "down_bias": (d,)},
-        "ln1": {"scale": (d,), "bias": (d,)},
-        "ln2": {"scale": (d,), "bias": (d,)},
+      "attn": {"q": (d, d), "k": (d, d), "v": (d, d), "o": (d, d)},
+      "mlp": {"up": (d, 4 * d), "up_bias": (4 * d,), "down": (4 * d, d), "down_bias": (d,)},
+      "ln1": {"scale": (d,), "bias": (d,)},
+      "ln2": {"scale": (d,), "bias": (d,)},
     }
   return tree
 
@@ -77,7 +79,8 @@ def child(args: argparse.Namespace) -> dict:
     return P(None, "model")  # column-parallel
 
   param_sh = jax.tree_util.tree_map_with_path(
-      lambda path, s: NamedSharding(mesh, spec(path, s)), shapes, is_leaf=is_shape)
+    lambda path, s: NamedSharding(mesh, spec(path, s)), shapes, is_leaf=is_shape
+  )
   n_params = sum(int(np.prod(s)) for s in jax.tree.leaves(shapes, is_leaf=is_shape))
 
   def make(scale, phase):
@@ -85,6 +88,7 @@ def child(args: argparse.Namespace) -> dict:
     def leaf(s):
       i = jax.lax.broadcasted_iota(jnp.float32, s, len(s) - 1)
       return scale * jnp.sin(i * 0.37 + phase)
+
     return jax.tree.map(leaf, shapes, is_leaf=is_shape)
 
   t_setup = time.perf_counter()
@@ -124,16 +128,24 @@ def child(args: argparse.Namespace) -> dict:
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  step_jit = jax.jit(step, in_shardings=(param_sh, opt_sh, param_sh),
-                     out_shardings=(param_sh, opt_sh), donate_argnums=(0, 1))
+  step_jit = jax.jit(
+    step,
+    in_shardings=(param_sh, opt_sh, param_sh),
+    out_shardings=(param_sh, opt_sh),
+    donate_argnums=(0, 1),
+  )
   t0 = time.perf_counter()
   compiled = step_jit.lower(params, state, grads).compile()
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   step_bytes = None
   if mem is not None:
-    step_bytes = (mem.argument_size_in_bytes + mem.output_size_in_bytes
-                  + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+    step_bytes = (
+      mem.argument_size_in_bytes
+      + mem.output_size_in_bytes
+      + mem.temp_size_in_bytes
+      - mem.alias_size_in_bytes
+    )
   params, state = jax.block_until_ready(compiled(params, state, grads))  # warm-up
   times = []
   for _ in range(args.steps):
@@ -143,28 +155,35 @@ def child(args: argparse.Namespace) -> dict:
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params)[:3])
   print(f"total {time.perf_counter() - t_setup:.1f}s", file=sys.stderr, flush=True)
   return {
-      "config": CONFIGS[args.config][0], "n_params": n_params,
-      "init_first_s": init_first, "init_run_s": init_run,
-      "plain_jit_init_max_device_MB": plain_max / 2**20,
-      "state_per_device_MB": state_max / 2**20, "state_total_MB": state_total / 2**20,
-      "step_compile_s": compile_s, "step_median_s": float(np.median(times)),
-      "step_device_MB": None if step_bytes is None else step_bytes / 2**20,
-      "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "config": CONFIGS[args.config][0],
+    "n_params": n_params,
+    "init_first_s": init_first,
+    "init_run_s": init_run,
+    "plain_jit_init_max_device_MB": plain_max / 2**20,
+    "state_per_device_MB": state_max / 2**20,
+    "state_total_MB": state_total / 2**20,
+    "step_compile_s": compile_s,
+    "step_median_s": float(np.median(times)),
+    "step_device_MB": None if step_bytes is None else step_bytes / 2**20,
+    "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
   }
 
 
 def table(rows: list[dict]) -> str:
-  head = ("| optimizer | init: compile+run (s) | init: run (s) | state/device (MB) "
-          "| state/device with plain `jit(tx.init)` (MB) | step (s, median) | step compile (s) "
-          "| step memory/device, XLA (MB) | peak RSS (MB) |")
+  head = (
+    "| optimizer | init: compile+run (s) | init: run (s) | state/device (MB) "
+    "| state/device with plain `jit(tx.init)` (MB) | step (s, median) | step compile (s) "
+    "| step memory/device, XLA (MB) | peak RSS (MB) |"
+  )
   lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
   for r in rows:
     step_mb = "n/a" if r["step_device_MB"] is None else f"{r['step_device_MB']:.0f}"
     lines.append(
-        f"| {r['config']} | {r['init_first_s']:.2f} | {r['init_run_s']:.3f} "
-        f"| {r['state_per_device_MB']:.0f} | {r['plain_jit_init_max_device_MB']:.0f} "
-        f"| {r['step_median_s']:.3f} | {r['step_compile_s']:.2f} | {step_mb} "
-        f"| {r['peak_rss_MB']:.0f} |")
+      f"| {r['config']} | {r['init_first_s']:.2f} | {r['init_run_s']:.3f} "
+      f"| {r['state_per_device_MB']:.0f} | {r['plain_jit_init_max_device_MB']:.0f} "
+      f"| {r['step_median_s']:.3f} | {r['step_compile_s']:.2f} | {step_mb} "
+      f"| {r['peak_rss_MB']:.0f} |"
+    )
   return "\n".join(lines)
 
 
@@ -174,10 +193,14 @@ def main() -> None:
   parser.add_argument("--d-model", type=int, default=768)
   parser.add_argument("--layers", type=int, default=11)
   parser.add_argument("--steps", type=int, default=3, help="timed steps (after 1 warm-up)")
-  parser.add_argument("--configs", default=",".join(CONFIGS),
-                      help="comma-separated subset of: " + ", ".join(CONFIGS))
-  parser.add_argument("--output", default=os.path.join(HERE, "RESULTS_scale.md"),
-                      help="markdown file to write ('' to skip)")
+  parser.add_argument(
+    "--configs", default=",".join(CONFIGS), help="comma-separated subset of: " + ", ".join(CONFIGS)
+  )
+  parser.add_argument(
+    "--output",
+    default=os.path.join(HERE, "RESULTS_scale.md"),
+    help="markdown file to write ('' to skip)",
+  )
   parser.add_argument("--config", help=argparse.SUPPRESS)  # internal: run one config
   args = parser.parse_args()
   if args.config:
@@ -187,23 +210,43 @@ def main() -> None:
   load = os.getloadavg()[0]
   rows = []
   for config in [c for c in args.configs.split(",") if c]:
-    cmd = [sys.executable, os.path.abspath(__file__), "--config", config,
-           "--vocab", str(args.vocab), "--d-model", str(args.d_model),
-           "--layers", str(args.layers), "--steps", str(args.steps)]
+    cmd = [
+      sys.executable,
+      os.path.abspath(__file__),
+      "--config",
+      config,
+      "--vocab",
+      str(args.vocab),
+      "--d-model",
+      str(args.d_model),
+      "--layers",
+      str(args.layers),
+      "--steps",
+      str(args.steps),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     lines = [l for l in out.stdout.splitlines() if l.startswith("CHILD ")]
     if out.returncode or not lines:
-      sys.exit(f"{config} failed (exit {out.returncode}):\n{out.stdout[-3000:]}\n"
-               f"{out.stderr[-3000:]}")
-    rows.append(json.loads(lines[-1][len("CHILD "):]))
+      sys.exit(
+        f"{config} failed (exit {out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+      )
+    rows.append(json.loads(lines[-1][len("CHILD ") :]))
     print(f"done: {config}", file=sys.stderr, flush=True)
 
   command = "python benchmarks/scale_check.py" + "".join(
-      f" --{k.replace('_', '-')} {v}" for k, v in
-      (("vocab", args.vocab), ("d_model", args.d_model), ("layers", args.layers),
-       ("steps", args.steps)) if v != parser.get_default(k))
+    f" --{k.replace('_', '-')} {v}"
+    for k, v in (
+      ("vocab", args.vocab),
+      ("d_model", args.d_model),
+      ("layers", args.layers),
+      ("steps", args.steps),
+    )
+    if v != parser.get_default(k)
+  )
   import jax  # pylint: disable=import-outside-toplevel
-  md = "\n".join([
+
+  md = "\n".join(
+    [
       "# Scale check: optadam.adam vs optax.adam, sharded state on 8 CPU devices",
       "",
       f"{rows[0]['n_params'] / 1e6:.1f}M float32 parameters (transformer-shaped: vocab "
@@ -221,14 +264,15 @@ def main() -> None:
       "",
       "- *state/device*: optimizer state held by the busiest device with "
       "`jax.jit(tx.init, out_shardings=optadam.state_shardings(tx, params))` "
-      "(ZeRO-1: `zero1_axis=\"data\"`).",
+      '(ZeRO-1: `zero1_axis="data"`).',
       "- *plain `jit(tx.init)`*: the same without `out_shardings`; optax.adam's zeros "
       "do not depend on the parameters, so they land on one device.",
       "- *step memory/device*: XLA's memory analysis of the compiled step "
       "(arguments + outputs + temporaries - aliased), per device.",
       "- *peak RSS*: the whole process (all 8 fake devices, parameters, gradients, "
       "and the plain-init state).",
-  ])
+    ]
+  )
   print(md)
   if args.output:
     with open(args.output, "w", encoding="utf-8") as f:

@@ -43,8 +43,9 @@ VARIANTS = ("sparse", "densified", "dense input")
 MB = 1024 * 1024
 
 
-def build(rows: int, features: int, touched: int, seed: int = 0, id_sets: int = 4,
-          dense_input: bool = True):
+def build(
+  rows: int, features: int, touched: int, seed: int = 0, id_sets: int = 4, dense_input: bool = True
+):
   """Parameters, optimizer, the three jitted steps and their inputs.
 
   The "dense input" variant gets one precomputed table-sized gradient (built only
@@ -52,11 +53,22 @@ def build(rows: int, features: int, touched: int, seed: int = 0, id_sets: int = 
   """
   tx = optadam.adam(learning_rate=1e-3)
   # A cheap fused formula (jax.random.normal would hold several table-sized temporaries).
-  params = jax.jit(lambda: 0.05 * jnp.sin(
-      jnp.arange(rows * features, dtype=jnp.float32) * 0.37 + seed).reshape(rows, features))()
+  params = jax.jit(
+    lambda: (
+      0.05
+      * jnp.sin(jnp.arange(rows * features, dtype=jnp.float32) * 0.37 + seed).reshape(
+        rows, features
+      )
+    )
+  )()
   rng = np.random.default_rng(seed)
-  inputs = [(jnp.asarray(rng.normal(size=(touched, features)), jnp.float32),
-             jnp.asarray(rng.integers(0, rows, size=touched), jnp.int32)) for _ in range(id_sets)]
+  inputs = [
+    (
+      jnp.asarray(rng.normal(size=(touched, features)), jnp.float32),
+      jnp.asarray(rng.integers(0, rows, size=touched), jnp.int32),
+    )
+    for _ in range(id_sets)
+  ]
 
   def apply(p, s, g):
     updates, s = tx.update(g, s, p)
@@ -72,12 +84,15 @@ def build(rows: int, features: int, touched: int, seed: int = 0, id_sets: int = 
     return apply(p, s, g)
 
   steps = {
-      "sparse": jax.jit(sparse_step, donate_argnums=(0, 1)),
-      "densified": jax.jit(densified_step, donate_argnums=(0, 1)),
-      "dense input": jax.jit(dense_input_step, donate_argnums=(0, 1)),
+    "sparse": jax.jit(sparse_step, donate_argnums=(0, 1)),
+    "densified": jax.jit(densified_step, donate_argnums=(0, 1)),
+    "dense input": jax.jit(dense_input_step, donate_argnums=(0, 1)),
   }
-  dense_grad = (jax.jit(lambda v, i: jnp.zeros((rows, features)).at[i].add(v))(*inputs[0])
-                if dense_input else None)
+  dense_grad = (
+    jax.jit(lambda v, i: jnp.zeros((rows, features)).at[i].add(v))(*inputs[0])
+    if dense_input
+    else None
+  )
 
   def args_for(name, i):
     return (dense_grad,) if name == "dense input" else inputs[i % len(inputs)]
@@ -97,8 +112,12 @@ def compiled_memory(steps, params, state, args_for):
     if ma is None:
       out[name] = None
       continue
-    peak = (ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
-            - ma.alias_size_in_bytes)
+    peak = (
+      ma.argument_size_in_bytes
+      + ma.output_size_in_bytes
+      + ma.temp_size_in_bytes
+      - ma.alias_size_in_bytes
+    )
     out[name] = {"peak": peak, "temp": ma.temp_size_in_bytes, "args": ma.argument_size_in_bytes}
   return out
 
@@ -166,10 +185,26 @@ def peak_rss() -> int:
 
 
 def measure_in_subprocess(variant: str, args) -> dict:
-  cmd = [sys.executable, "-m", "benchmarks.sparse_embedding", "--measure", variant,
-         "--rows", str(args.rows), "--features", str(args.features), "--touched", str(args.touched)]
-  out = subprocess.run(cmd, check=True, capture_output=True, text=True,
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  cmd = [
+    sys.executable,
+    "-m",
+    "benchmarks.sparse_embedding",
+    "--measure",
+    variant,
+    "--rows",
+    str(args.rows),
+    "--features",
+    str(args.features),
+    "--touched",
+    str(args.touched),
+  ]
+  out = subprocess.run(
+    cmd,
+    check=True,
+    capture_output=True,
+    text=True,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -181,7 +216,9 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--per-round", type=int, default=3)
   parser.add_argument("--no-subprocess", action="store_true", help="skip the RSS measurements")
-  parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "RESULTS_sparse.md"))
+  parser.add_argument(
+    "--output", default=os.path.join(os.path.dirname(__file__), "RESULTS_sparse.md")
+  )
   parser.add_argument("--measure", choices=("baseline",) + VARIANTS, help=argparse.SUPPRESS)
   args = parser.parse_args()
 
@@ -205,46 +242,58 @@ def main() -> None:
   device = jax.devices()[0]
   on_gpu = device.platform != "cpu"
   proc_key, proc_label = ("device_peak", "device peak") if on_gpu else ("rss", "peak RSS")
-  header = ["gradient", "median step (ms)", "vs sparse", "compiled peak (MB)",
-            "compiled temp (MB)"]
+  header = ["gradient", "median step (ms)", "vs sparse", "compiled peak (MB)", "compiled temp (MB)"]
   if process:
     header += [f"{proc_label} (MB)", f"{proc_label} over setup (MB)"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  labels = {"sparse": "sparse (`optadam.IndexedSlices`)",
-            "densified": "densified in the step (`zeros.at[ids].add`)",
-            "dense input": "dense table-sized gradient passed in"}
+  labels = {
+    "sparse": "sparse (`optadam.IndexedSlices`)",
+    "densified": "densified in the step (`zeros.at[ids].add`)",
+    "dense input": "dense table-sized gradient passed in",
+  }
   for name in VARIANTS:
     row = [labels[name], f"{medians[name] * 1e3:.1f}", f"{medians[name] / medians['sparse']:.2f}x"]
     mem = memory.get(name)
-    row += ([f"{mem['peak'] / MB:.0f}", f"{mem['temp'] / MB:.1f}"] if mem else ["n/a", "n/a"])
+    row += [f"{mem['peak'] / MB:.0f}", f"{mem['temp'] / MB:.1f}"] if mem else ["n/a", "n/a"]
     if process:
       value, base = process[name].get(proc_key), process["baseline"].get(proc_key)
-      row += ([f"{value / MB:.0f}", f"{(value - base) / MB:.0f}"] if value and base
-              else ["n/a", "n/a"])
+      row += (
+        [f"{value / MB:.0f}", f"{(value - base) / MB:.0f}"] if value and base else ["n/a", "n/a"]
+      )
     lines.append("| " + " | ".join(row) + " |")
   table = "\n".join(lines)
   command = "python -m benchmarks.sparse_embedding" + "".join(
-      f" --{k.replace('_', '-')} {v}" for k, v in (("rows", args.rows), ("features", args.features),
-                                                   ("touched", args.touched), ("rounds", args.rounds),
-                                                   ("per_round", args.per_round)))
+    f" --{k.replace('_', '-')} {v}"
+    for k, v in (
+      ("rows", args.rows),
+      ("features", args.features),
+      ("touched", args.touched),
+      ("rounds", args.rounds),
+      ("per_round", args.per_round),
+    )
+  )
   elapsed = time.perf_counter() - t_start
   notes = [
-      f"Table {args.rows:,} x {args.features} float32 ({table_mb:.0f} MB; params, m and v: "
-      f"{3 * table_mb:.0f} MB), {args.touched} looked-up rows per step (with repeats), "
-      f"`optadam.adam(1e-3)` under `jax.jit`, params and state donated.",
-      f"Median of {args.rounds * args.per_round} steps per variant, {args.rounds} interleaved rounds "
-      f"of {args.per_round}. Compiled peak = arguments + outputs + temporaries - donated aliases "
-      "(`compiled.memory_analysis()`).",
-      f"{proc_label}: a fresh process per variant (compile + 3 steps); 'over setup' subtracts a "
-      "process that only builds the table and the optimizer state. The dense-input process also "
-      "holds its precomputed gradient." if process else "",
-      f"Sparse and densified parameters after 2 steps agree to {agree:.1e} (max abs diff / max abs).",
-      f"Device: {device.device_kind} ({device.platform}), jax {jax.__version__}, "
-      f"Python {platform.python_version()}, {os.cpu_count()} CPUs; "
-      f"{datetime.date.today().isoformat()}; {elapsed:.0f} s.",
+    f"Table {args.rows:,} x {args.features} float32 ({table_mb:.0f} MB; params, m and v: "
+    f"{3 * table_mb:.0f} MB), {args.touched} looked-up rows per step (with repeats), "
+    f"`optadam.adam(1e-3)` under `jax.jit`, params and state donated.",
+    f"Median of {args.rounds * args.per_round} steps per variant, {args.rounds} interleaved rounds "
+    f"of {args.per_round}. Compiled peak = arguments + outputs + temporaries - donated aliases "
+    "(`compiled.memory_analysis()`).",
+    f"{proc_label}: a fresh process per variant (compile + 3 steps); 'over setup' subtracts a "
+    "process that only builds the table and the optimizer state. The dense-input process also "
+    "holds its precomputed gradient."
+    if process
+    else "",
+    f"Sparse and densified parameters after 2 steps agree to {agree:.1e} (max abs diff / max abs).",
+    f"Device: {device.device_kind} ({device.platform}), jax {jax.__version__}, "
+    f"Python {platform.python_version()}, {os.cpu_count()} CPUs; "
+    f"{datetime.date.today().isoformat()}; {elapsed:.0f} s.",
   ]
-  report = ("## Sparse embedding gradients (`optadam.IndexedSlices`)\n\n"
-            f"Command: `{command}`\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes if n) + "\n")
+  report = (
+    "## Sparse embedding gradients (`optadam.IndexedSlices`)\n\n"
+    f"Command: `{command}`\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes if n) + "\n"
+  )
   print(report)
   with open(args.output, "w") as f:
     f.write(report)

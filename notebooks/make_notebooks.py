@@ -37,25 +37,28 @@ def setup_cell(pre: str = "", extra_pip: str = "") -> object:
   """First cell: Colab install guard, then the backend JAX runs on."""
   pre = textwrap.dedent(pre).strip()
   return code(
-      (pre + "\n" if pre else "import sys\n") +
-      "\n"
-      "# In Colab: install optadam (and the examples' dependencies) from GitHub.\n"
-      "# Elsewhere: run from a checkout with `pip install -e \".[examples]\"` done.\n"
-      "if \"google.colab\" in sys.modules:\n"
-      f"  %pip install -q {PIP_SPEC}{extra_pip}\n"
-      "\n"
-      "import jax\n"
-      "\n"
-      "print(f\"JAX {jax.__version__}; backend: {jax.default_backend().upper()}; \"\n"
-      "      f\"{jax.device_count()} device(s): {jax.devices()}\")")
+    (pre + "\n" if pre else "import sys\n") + "\n"
+    "# In Colab: install optadam (and the examples' dependencies) from GitHub.\n"
+    '# Elsewhere: run from a checkout with `pip install -e ".[examples]"` done.\n'
+    'if "google.colab" in sys.modules:\n'
+    f"  %pip install -q {PIP_SPEC}{extra_pip}\n"
+    "\n"
+    "import jax\n"
+    "\n"
+    'print(f"JAX {jax.__version__}; backend: {jax.default_backend().upper()}; "\n'
+    '      f"{jax.device_count()} device(s): {jax.devices()}")'
+  )
 
 
 def write(name: str, cells: list, out_dir: str = HERE) -> None:
-  nb = new_notebook(cells=cells, metadata={
+  nb = new_notebook(
+    cells=cells,
+    metadata={
       "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
       "language_info": {"name": "python"},
       "colab": {"provenance": [], "toc_visible": True},
-  })
+    },
+  )
   for i, cell in enumerate(nb.cells):  # stable ids: no diff noise when the script is re-run
     cell.id = f"{name}-{i:02d}"
   nbformat.validate(nb)
@@ -68,7 +71,7 @@ def write(name: str, cells: list, out_dir: str = HERE) -> None:
 # ----------------------------------------------------------------------------------------------
 
 QUICKSTART = [
-    md(f"""
+  md(f"""
     # optadam quickstart: Keras's Adam in a Flax training loop
 
     {badge("quickstart")}
@@ -81,14 +84,14 @@ QUICKSTART = [
 
     Runs on CPU in well under a minute; any Colab runtime works.
     """),
-    setup_cell(),
-    md("""
+  setup_cell(),
+  md("""
     ## Data and model
 
     1797 digit images, 64 pixels each, scaled to [0, 1] and split 80/20. The model is a
     64 → 128 → 64 → 10 MLP.
     """),
-    code("""
+  code("""
     %matplotlib inline
     import time
 
@@ -121,14 +124,14 @@ QUICKSTART = [
     params0 = model.init(jax.random.key(0), x_train[:1])
     print(jax.tree.map(jnp.shape, params0))
     """),
-    md("""
+  md("""
     ## A training loop for any optax optimizer
 
     `train(tx)` starts from the same initial parameters and sees the same mini-batches (fixed
     shuffling seed) whatever the optimizer, so runs are directly comparable. The train step is
     the usual optax one: `tx.update(grads, opt_state, params)` then `optax.apply_updates`.
     """),
-    code("""
+  code("""
     BATCH_SIZE, EPOCHS = 64, 15
 
 
@@ -163,13 +166,13 @@ QUICKSTART = [
           history[f"{split}_acc"].append(float(acc))
       return params, opt_state, history
     """),
-    md("""
+  md("""
     ## Train with `optadam.adam`
 
     Keras's defaults: `learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7`. The state is
     an `optadam.AdamState` with one named field per transform of the chain.
     """),
-    code("""
+  code("""
     tx = optadam.adam(learning_rate=1e-3)
 
     start = time.perf_counter()
@@ -179,7 +182,7 @@ QUICKSTART = [
     print("state fields:", opt_state._fields, "| steps taken:", int(opt_state.adam.count))
     assert hist_optadam["val_acc"][-1] > 0.9
     """),
-    md("""
+  md("""
     ## The same run with `optax.adam`
 
     Same learning rate, betas and the same *nominal* epsilon (`eps=1e-7`). For most parameters
@@ -189,7 +192,7 @@ QUICKSTART = [
     those end up far apart. `optax.adam` is a close relative of Keras's Adam, not a reproduction
     of a Keras run.
     """),
-    code("""
+  code("""
     params_optax, _, hist_optax = train(optax.adam(learning_rate=1e-3, eps=1e-7))
 
     epochs = np.arange(1, EPOCHS + 1)
@@ -215,7 +218,7 @@ QUICKSTART = [
     print(f"final parameters, |optadam - optax|: median {np.median(diff):.1e}, "
           f"max {diff.max():.1e} (largest |parameter|: {scale:.2f})")
     """),
-    md("""
+  md("""
     ## Epsilon-hat: where Keras's epsilon goes
 
     The textbook (and `optax.adam`) update is `lr * m̂ / (sqrt(v̂) + ε)` with the bias-corrected
@@ -230,7 +233,7 @@ QUICKSTART = [
     Inception network on ImageNet) the two optimizers take visibly different steps. `optadam.adam(epsilon=e)` gives
     Keras's steps, `optax.adam(eps=e)` does not, and no constant `eps` makes them agree.
     """),
-    code("""
+  code("""
     lr, b1, b2, eps = 1.0, 0.9, 0.999, 1.0
     grads = np.array([0.5, -0.2, 0.8, 0.1, 0.3, -0.6], np.float32)
 
@@ -263,11 +266,11 @@ QUICKSTART = [
     np.testing.assert_allclose(u_optadam, u_textbook_hat, rtol=1e-4)  # float32 vs float64
     assert np.max(np.abs(u_optadam - u_optax)) > 0.1  # a different optimizer, not rounding
     """),
-    md("""
+  md("""
     The effective (textbook) epsilon of Keras's update over the steps, for `ε = 1e-7` and
     `β₂ = 0.999`:
     """),
-    code("""
+  code("""
     t = np.arange(1, 20001)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.loglog(t, 1e-7 / np.sqrt(1 - 0.999**t), label="Keras / optadam: ε / sqrt(1 - β₂ᵗ)")
@@ -278,7 +281,7 @@ QUICKSTART = [
     fig.tight_layout()
     plt.show()
     """),
-    md("""
+  md("""
     **Next:** [keras_to_jax.ipynb](keras_to_jax.ipynb) moves a Keras model and its optimizer to
     JAX, step for step; [ema_and_clipping.ipynb](ema_and_clipping.ipynb) covers EMA, clipping and
     AMSGrad; [sharded_training.ipynb](sharded_training.ipynb) shards the optimizer state with the
@@ -292,7 +295,7 @@ QUICKSTART = [
 # ----------------------------------------------------------------------------------------------
 
 KERAS_TO_JAX = [
-    md(f"""
+  md(f"""
     # From Keras to JAX: the same model, the same optimizer, the same trajectory
 
     {badge("keras_to_jax")}
@@ -306,13 +309,16 @@ KERAS_TO_JAX = [
     3. feed *identical* gradients to `keras.optimizers.Adam.apply_gradients` and to
        `optadam.adam`, and plot the per-step parameter difference.
     """),
-    setup_cell(pre="""
+  setup_cell(
+    pre="""
     import os
     import sys
 
     os.environ["KERAS_BACKEND"] = "jax"  # before keras is imported
-    """, extra_pip=' "keras>=3.5"'),
-    code("""
+    """,
+    extra_pip=' "keras>=3.5"',
+  ),
+  code("""
     %matplotlib inline
     import json
 
@@ -345,13 +351,13 @@ KERAS_TO_JAX = [
                for i in range(steps_per_epoch)]
     print(f"{len(batches)} steps of {BATCH_SIZE} examples")
     """),
-    md("""
+  md("""
     ## The Keras model and its Flax twin
 
     Keras's `Dense` kernel is `(inputs, outputs)`, as Flax's, so the weights copy over as they are.
     The two models then compute the same logits (up to float32 rounding).
     """),
-    code("""
+  code("""
     def make_keras_model():
       keras.utils.set_random_seed(0)
       return keras.Sequential([
@@ -395,7 +401,7 @@ KERAS_TO_JAX = [
     print(f"max |Keras logits - Flax logits| at initialisation: {logits_diff:.2e}")
     assert logits_diff < 1e-5
     """),
-    md("""
+  md("""
     ## The optimizer: from Keras's config to optadam and back
 
     A tf.keras model carries its optimizer's configuration (`model.optimizer.get_config()`, also
@@ -403,7 +409,7 @@ KERAS_TO_JAX = [
     optimizer for JAX; `optadam.get_config(tx, keras_version=3)` writes the Keras 3 dict back
     (`keras_version=2`, the default, writes Keras 2's keys), JSON-serialisable.
     """),
-    code("""
+  code("""
     def make_keras_optimizer():
       return keras.optimizers.Adam(learning_rate=3e-3, epsilon=1e-6, amsgrad=True,
                                    weight_decay=1e-4)
@@ -423,11 +429,11 @@ KERAS_TO_JAX = [
     assert optadam.get_config(again) == optadam.get_config(tx)
     print("\\nKeras 2 form:", json.dumps(optadam.get_config(tx)))
     """),
-    md("""
+  md("""
     Learning-rate schedules come across too: a Keras schedule in the config becomes the matching
     `optadam.schedules` class (same arguments, same formula).
     """),
-    code("""
+  code("""
     schedule = keras.optimizers.schedules.ExponentialDecay(3e-3, decay_steps=100, decay_rate=0.5)
     with_schedule = optadam.from_keras_config(keras.optimizers.Adam(learning_rate=schedule).get_config())
     optadam_schedule = with_schedule.keras_args["learning_rate"]
@@ -438,14 +444,14 @@ KERAS_TO_JAX = [
     np.testing.assert_allclose([float(optadam_schedule(s)) for s in steps],
                                [float(schedule(s)) for s in steps], rtol=1e-6)
     """),
-    md("""
+  md("""
     ## Run 1: each framework trains its own model
 
     Keras trains with `train_on_batch` (what `fit` does per batch) and computes its own
     gradients; Flax computes its gradients with `jax.grad` and steps with the optadam optimizer
     built from the Keras config. Same initial weights, same batches, same loss.
     """),
-    code("""
+  code("""
     keras_model = make_keras_model()
     keras_model.set_weights(initial_keras_weights)
     keras_model.compile(optimizer=make_keras_optimizer(),
@@ -484,7 +490,7 @@ KERAS_TO_JAX = [
     print(f"final loss: Keras {run1['keras_loss'][-1]:.4f}, optadam {run1['optadam_loss'][-1]:.4f}; "
           f"max relative parameter difference over the run {max(run1['rel']):.1e}")
     """),
-    md("""
+  md("""
     ## Run 2: identical gradients
 
     In run 1 the two *models* differ by float32 rounding too: Keras's and Flax's forward and
@@ -495,7 +501,7 @@ KERAS_TO_JAX = [
     model's variables) and to optadam. Any parameter difference is then the optimizers' own
     arithmetic.
     """),
-    code("""
+  code("""
     keras_model = make_keras_model()
     keras_model.set_weights(initial_keras_weights)
     keras_optimizer = make_keras_optimizer()
@@ -516,7 +522,7 @@ KERAS_TO_JAX = [
           f"bit-identical after {run2['bit_equal_steps']} of {len(batches)} steps")
     assert max(run2["rel"]) < 1e-6
     """),
-    code("""
+  code("""
     steps = np.arange(1, len(batches) + 1)
     fig, (ax_loss, ax_diff) = plt.subplots(1, 2, figsize=(12, 4))
     ax_loss.plot(steps, run1["keras_loss"], lw=2.5, alpha=0.6, label="keras.optimizers.Adam (Keras model)")
@@ -535,7 +541,7 @@ KERAS_TO_JAX = [
     fig.tight_layout()
     plt.show()
     """),
-    md("""
+  md("""
     Run 2 stays at float32 noise — a relative difference of about one float32 epsilon, a few
     units in the last place, over the whole run: `optadam.adam` performs Keras's update —
     epsilon-hat, AMSGrad over the raw second moment, Keras's decoupled weight decay — step for
@@ -554,7 +560,7 @@ KERAS_TO_JAX = [
 
 
 EMA_AND_CLIPPING = [
-    md(f"""
+  md(f"""
     # EMA, gradient clipping and AMSGrad
 
     {badge("ema_and_clipping")}
@@ -571,8 +577,8 @@ EMA_AND_CLIPPING = [
 
     All data is generated or bundled with scikit-learn; runs on CPU in under a minute.
     """),
-    setup_cell(),
-    code("""
+  setup_cell(),
+  code("""
     %matplotlib inline
     import flax.linen as nn
     import jax.numpy as jnp
@@ -584,7 +590,7 @@ EMA_AND_CLIPPING = [
 
     import optadam
     """),
-    md("""
+  md("""
     ## 1. EMA of the weights
 
     A Flax MLP on scikit-learn's digits with a deliberately high learning rate (`1e-2`) and small
@@ -596,7 +602,7 @@ EMA_AND_CLIPPING = [
     A second run adds `ema_overwrite_frequency=100`: after every 100th step the weights jump to
     their average (Keras's overwrite), and from there training continues from the averaged weights.
     """),
-    code("""
+  code("""
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     x_train, x_val, y_train, y_val = train_test_split(
@@ -661,7 +667,7 @@ EMA_AND_CLIPPING = [
     print(f"  use_ema=True:                 {hist_ema['val_raw'][-1]:.4f} / {hist_ema['val_ema'][-1]:.4f}")
     print(f"  + ema_overwrite_frequency=100: {hist_ow['val_raw'][-1]:.4f} / {hist_ow['val_ema'][-1]:.4f}")
     """),
-    code("""
+  code("""
     def smooth(values, n=20):
       return np.convolve(values, np.ones(n) / n, mode="valid")
 
@@ -686,7 +692,7 @@ EMA_AND_CLIPPING = [
     fig.tight_layout()
     plt.show()
     """),
-    md("""
+  md("""
     The averaged weights are smoother and, once the average has warmed up (~1/(1 - 0.99) = 100
     steps), better on validation data than the raw weights they average; early on the average
     still remembers the initial weights. With overwrite, the raw weights' validation loss lands on
@@ -697,14 +703,14 @@ EMA_AND_CLIPPING = [
     At the end of training Keras's `fit` replaces the weights by their averages; with optadam that
     is `optadam.finalize_variable_values(params, opt_state)` (a no-op without `use_ema`):
     """),
-    code("""
+  code("""
     final = optadam.finalize_variable_values(params_ema, state_ema)
     for name, p in (("raw weights", params_ema), ("finalize_variable_values", final)):
       print(f"{name:26s} validation loss {float(evaluate(p, x_val, y_val)):.4f}, "
             f"accuracy {float(accuracy(p, x_val, y_val)):.4f}")
     assert jax.tree.all(jax.tree.map(jnp.array_equal, final, optadam.ema_params(state_ema)))
     """),
-    md("""
+  md("""
     ## 2. Clipping: `clipnorm` vs `global_clipnorm` vs `clipvalue`
 
     On a gradient with two tensors — `kernel = [3, 4]` (norm 5) and `bias = [0.5]` — and a
@@ -712,7 +718,7 @@ EMA_AND_CLIPPING = [
     `optadam.clip_by_tensor_norm`, `optadam.clip_by_keras_global_norm`, `optadam.clip_by_value`)
     give:
     """),
-    code("""
+  code("""
     g = {"kernel": jnp.array([3.0, 4.0]), "bias": jnp.array([0.5])}
     for name, clip in (("clipnorm=1", optadam.clip_by_tensor_norm(1.0)),
                        ("global_clipnorm=1", optadam.clip_by_keras_global_norm(1.0)),
@@ -721,7 +727,7 @@ EMA_AND_CLIPPING = [
       print(f"{name:18s} kernel {np.round(np.asarray(out['kernel']), 4)}  bias {np.round(np.asarray(out['bias']), 4)}"
             f"   global norm {float(optax.global_norm(out)):.4f}")
     """),
-    md("""
+  md("""
     `clipnorm` rescales each tensor to norm ≤ 1 on its own (the bias keeps its 0.5, so the
     direction of the whole gradient changes); `global_clipnorm` rescales everything by one factor
     (direction kept, global norm 1); `clipvalue` cuts each element to [-1, 1].
@@ -733,7 +739,7 @@ EMA_AND_CLIPPING = [
     `v`, which then needs thousands of steps (`1/(1 - β₂)`) to decay, so all later steps are tiny
     and the model stays broken. Each clipping mode bounds what one batch can do.
     """),
-    code("""
+  code("""
     rng = np.random.default_rng(0)
     D, N, STEPS_REG, B = 20, 4096, 600, 32
     SPIKES = list(range(100, STEPS_REG, 150))
@@ -782,7 +788,7 @@ EMA_AND_CLIPPING = [
             f"at the end {val[-1]:.4f}")
     assert runs["no clipping"][-1] > 100 * max(runs["clipnorm=5"][-1], runs["global_clipnorm=5"][-1])
     """),
-    code("""
+  code("""
     fig, (ax_val, ax_norm) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [2, 1]})
     for label, val in runs.items():
       ax_val.plot(np.arange(1, STEPS_REG + 1), val, label=label, lw=1.2)
@@ -799,7 +805,7 @@ EMA_AND_CLIPPING = [
     fig.tight_layout()
     plt.show()
     """),
-    md("""
+  md("""
     All three modes contain the spikes here: each corrupted batch costs a short bump, after which
     training goes on at the normal step size. The choice matters for models with tensors of very
     different scales: `clipnorm` treats every tensor alone (a spike in one layer does not shrink
@@ -820,7 +826,7 @@ EMA_AND_CLIPPING = [
     `optax.amsgrad` is a different optimizer: it takes the maximum of the *bias-corrected* `v`
     (and uses the textbook epsilon), so it settles at another step size.
     """),
-    code("""
+  code("""
     grads = np.ones(6000, np.float32)
     grads[1000:] = 0.1
 
@@ -867,7 +873,7 @@ EMA_AND_CLIPPING = [
     fig.tight_layout()
     plt.show()
     """),
-    md("""
+  md("""
     The price of AMSGrad's guarantee: a phase of large gradients — or a single spike — lowers the
     step size for the rest of the run; another reason to combine it with clipping
     (`optadam.adam(amsgrad=True, global_clipnorm=...)`).
@@ -880,7 +886,7 @@ EMA_AND_CLIPPING = [
 # ----------------------------------------------------------------------------------------------
 
 SHARDED_TRAINING = [
-    md(f"""
+  md(f"""
     # Sharded training: the optimizer state follows the parameters
 
     {badge("sharded_training")}
@@ -897,7 +903,8 @@ SHARDED_TRAINING = [
     real devices are used; on a single GPU/TPU chip the notebook shows the mechanics on the 8
     virtual CPU devices.
     """),
-    setup_cell(pre="""
+  setup_cell(
+    pre="""
     import os
     import sys
 
@@ -907,8 +914,9 @@ SHARDED_TRAINING = [
       print("JAX is already imported: restart the runtime for XLA_FLAGS to take effect.")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_force_host_platform_device_count=8").strip()
-    """),
-    code("""
+    """
+  ),
+  code("""
     %matplotlib inline
     import flax.linen as nn
     import jax.numpy as jnp
@@ -929,7 +937,7 @@ SHARDED_TRAINING = [
                          devices=devices)
     print(f"mesh {dict(mesh.shape)} on {n} {devices[0].platform.upper()} devices")
     """),
-    md("""
+  md("""
     ## A model with sharded parameters
 
     A 64 → 128 → 10 MLP, split Megatron-style over the `model` axis: the first kernel by
@@ -937,7 +945,7 @@ SHARDED_TRAINING = [
     are split over the `data` axis. The parameters are created directly in their shardings by
     `jax.jit(model.init, out_shardings=...)`.
     """),
-    code("""
+  code("""
     class MLP(nn.Module):
       @nn.compact
       def __call__(self, x):
@@ -957,12 +965,12 @@ SHARDED_TRAINING = [
     for path, p in jax.tree_util.tree_flatten_with_path(params)[0]:
       print(f"{jax.tree_util.keystr(path):38s} {str(p.shape):10s} {p.sharding.spec}")
     """),
-    md("""
+  md("""
     ## The optimizer state: `jax.jit(tx.init)` keeps the parameters' shardings
 
     Keras options that add parameter-shaped state are on: AMSGrad's `nu_max` and the EMA average.
     """),
-    code("""
+  code("""
     tx = optadam.adam(learning_rate=1e-2, amsgrad=True, weight_decay=1e-4,
                       exclude_from_weight_decay=["bias"], use_ema=True)
     opt_state = jax.jit(tx.init)(params)
@@ -989,12 +997,12 @@ SHARDED_TRAINING = [
     print("\\nstate_shardings(tx, param_shardings).adam.mu:")
     print(jax.tree.map(lambda s: s.spec, state_sh.adam.mu))
     """),
-    md("""
+  md("""
     `jax.debug.visualize_array_sharding` draws which device holds which block: the first kernel
     (128 columns split over `model`, replicated over `data`) and its first moment, which lives
     exactly where the kernel does.
     """),
-    code("""
+  code("""
     kernel = params["params"]["Dense_0"]["kernel"]
     print("params/Dense_0/kernel", kernel.shape)
     jax.debug.visualize_array_sharding(kernel)
@@ -1003,26 +1011,26 @@ SHARDED_TRAINING = [
     print("opt_state.adam.nu/params/Dense_1/kernel", params["params"]["Dense_1"]["kernel"].shape)
     jax.debug.visualize_array_sharding(opt_state.adam.nu["params"]["Dense_1"]["kernel"])
     """),
-    md("""
+  md("""
     **ZeRO-1.** With `zero1_axis="data"`, `optadam.state_shardings` also splits every
     parameter-shaped part of the state over the data-parallel axis: the parameters stay
     replicated over `data`, while each data-parallel replica keeps only its slice of `mu`, `nu`,
     `nu_max` and the EMA (XLA reduce-scatters the update into them and all-gathers the step).
     """),
-    code("""
+  code("""
     zero1_sh = optadam.state_shardings(tx, params, zero1_axis="data")  # arrays: shapes known
     zero1_state = jax.jit(tx.init, out_shardings=zero1_sh)(params)
     mu_kernel = zero1_state.adam.mu["params"]["Dense_0"]["kernel"]
     print("ZeRO-1 mu/params/Dense_0/kernel:", mu_kernel.sharding.spec)
     jax.debug.visualize_array_sharding(mu_kernel)
     """),
-    md("""
+  md("""
     ## A few jitted training steps
 
     Synthetic data: 10 classes from a fixed random teacher. The step pins its outputs to the
     parameters' and the state's shardings; the batch comes in split over `data`.
     """),
-    code("""
+  code("""
     rng = np.random.default_rng(0)
     teacher = rng.normal(size=(64, 10)).astype(np.float32)
     STEPS, BATCH_SIZE = 40, 64
@@ -1060,12 +1068,12 @@ SHARDED_TRAINING = [
     for path, m in jax.tree_util.tree_flatten_with_path(state_sharded.adam.mu)[0]:
       print(f"  mu{jax.tree_util.keystr(path):36s} {m.sharding}")
     """),
-    md("""
+  md("""
     Sharding changes where the numbers live, not what they are: the same steps on a single
     device give the same parameters, up to float32 rounding (the sharded matmuls sum in a
     different order).
     """),
-    code("""
+  code("""
     one_device = jax.sharding.SingleDeviceSharding(devices[0])
     params_single = jax.device_put(params, one_device)
     state_single = jax.device_put(jax.jit(tx.init)(params), one_device)
@@ -1093,10 +1101,10 @@ SHARDED_TRAINING = [
 
 
 NOTEBOOKS = {
-    "quickstart": QUICKSTART,
-    "keras_to_jax": KERAS_TO_JAX,
-    "ema_and_clipping": EMA_AND_CLIPPING,
-    "sharded_training": SHARDED_TRAINING,
+  "quickstart": QUICKSTART,
+  "keras_to_jax": KERAS_TO_JAX,
+  "ema_and_clipping": EMA_AND_CLIPPING,
+  "sharded_training": SHARDED_TRAINING,
 }
 
 if __name__ == "__main__":

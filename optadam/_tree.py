@@ -17,6 +17,7 @@ import jax.numpy as jnp
 def _is_sparse(x: Any) -> bool:
   # Resolved lazily so that this module does not import the sparse module.
   from optadam import sparse  # pylint: disable=import-outside-toplevel
+
   return sparse.is_sparse(x)
 
 
@@ -38,8 +39,8 @@ def leaves_like(treedef: Any, tree: Any) -> list[Any]:
 def map_grads(fn: Callable[..., Any], updates: Any, *rest: Any) -> Any:
   """Maps `fn(g, *r)` over the non-None gradient leaves; None stays None."""
   return jax.tree.map(
-      lambda g, *r: None if g is None else fn(g, *r),
-      updates, *rest, is_leaf=is_grad_leaf)
+    lambda g, *r: None if g is None else fn(g, *r), updates, *rest, is_leaf=is_grad_leaf
+  )
 
 
 def path_str(path: tuple[Any, ...]) -> str:

@@ -19,6 +19,7 @@ from optadam import weight_decay as weight_decay_lib
 
 class AdamState(NamedTuple):
   """State of `optadam.adam`, one field per transform of the chain, in chain order."""
+
   loss_scale: optax.OptState  # EmptyState: dividing by Keras 3's loss_scale_factor is stateless
   clip: optax.OptState  # EmptyState: clipping is stateless
   adam: scale.ScaleByKerasAdamState  # step count, mu, nu, nu_max
@@ -44,17 +45,23 @@ def _check_kwargs(kwargs: dict[str, Any]) -> None:
     kwargs = {**kwargs["kwargs"], **{k: v for k, v in kwargs.items() if k != "kwargs"}}
   for key in kwargs:
     if key == "lr":
-      raise ValueError("`lr` is not an argument of optadam.adam: pass `learning_rate=` instead "
-                       "(Keras 2 silently ignores `lr`).")
+      raise ValueError(
+        "`lr` is not an argument of optadam.adam: pass `learning_rate=` instead "
+        "(Keras 2 silently ignores `lr`)."
+      )
     if key in _DEPRECATED_KWARGS:
-      raise ValueError(f"`{key}` is deprecated in the new Keras optimizer and not supported by "
-                       "optadam.adam; use a learning-rate schedule (for `decay`) or an optax "
-                       "transform in your own chain instead.")
+      raise ValueError(
+        f"`{key}` is deprecated in the new Keras optimizer and not supported by "
+        "optadam.adam; use a learning-rate schedule (for `decay`) or an optax "
+        "transform in your own chain instead."
+      )
     if key not in _IGNORED_KWARGS:
-      raise TypeError(f"optadam.adam() got an unexpected keyword argument `{key}`. Keras's Adam "
-                      "arguments are: learning_rate, beta_1, beta_2, epsilon, amsgrad, "
-                      "weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum, "
-                      "ema_overwrite_frequency, jit_compile, name.")
+      raise TypeError(
+        f"optadam.adam() got an unexpected keyword argument `{key}`. Keras's Adam "
+        "arguments are: learning_rate, beta_1, beta_2, epsilon, amsgrad, "
+        "weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema, ema_momentum, "
+        "ema_overwrite_frequency, jit_compile, name."
+      )
 
 
 def _is_set(value: Any) -> bool:
@@ -67,13 +74,23 @@ def _check_bool(name: str, value: Any) -> None:
     raise TypeError(f"`{name}` must be True or False; got {hyperparams.describe(value)}.")
 
 
-def _clip_transform(clipnorm: Any, clipvalue: Any, global_clipnorm: Any) -> optax.GradientTransformation:
-  given = {name: value for name, value in
-           (("clipnorm", clipnorm), ("clipvalue", clipvalue), ("global_clipnorm", global_clipnorm))
-           if _is_set(value)}
+def _clip_transform(
+  clipnorm: Any, clipvalue: Any, global_clipnorm: Any
+) -> optax.GradientTransformation:
+  given = {
+    name: value
+    for name, value in (
+      ("clipnorm", clipnorm),
+      ("clipvalue", clipvalue),
+      ("global_clipnorm", global_clipnorm),
+    )
+    if _is_set(value)
+  }
   if len(given) > 1:
-    raise ValueError(f"Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set; got "
-                     f"{', '.join(f'{k}={v!r}' for k, v in given.items())}.")
+    raise ValueError(
+      f"Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set; got "
+      f"{', '.join(f'{k}={v!r}' for k, v in given.items())}."
+    )
   if "clipnorm" in given:  # each clipping transform validates its own threshold
     return clipping.clip_by_tensor_norm(clipnorm)
   if "global_clipnorm" in given:
@@ -102,30 +119,30 @@ def _has_array_hyperparams(*values: Any) -> bool:
 
 
 def adam(
-    learning_rate: hyperparams.Hyperparam = 0.001,
-    beta_1: hyperparams.Hyperparam = 0.9,
-    beta_2: hyperparams.Hyperparam = 0.999,
-    epsilon: float = 1e-7,
-    amsgrad: bool = False,
-    weight_decay: Optional[float] = None,
-    clipnorm: Optional[float] = None,
-    clipvalue: Optional[float] = None,
-    global_clipnorm: Optional[float] = None,
-    use_ema: bool = False,
-    ema_momentum: float = 0.99,
-    ema_overwrite_frequency: Optional[int] = None,
-    jit_compile: bool = True,
-    name: str = "Adam",
-    *,
-    mu_dtype: Optional[Any] = None,
-    nu_dtype: Optional[Any] = None,
-    exclude_from_weight_decay: Optional[Sequence[str]] = None,
-    weight_decay_mask: Optional[Any] = None,
-    ema_dtype: Optional[Any] = None,
-    ema_style: str = "keras2",
-    loss_scale_factor: Optional[float] = None,
-    gradient_accumulation_steps: Optional[int] = None,
-    **kwargs: Any,
+  learning_rate: hyperparams.Hyperparam = 0.001,
+  beta_1: hyperparams.Hyperparam = 0.9,
+  beta_2: hyperparams.Hyperparam = 0.999,
+  epsilon: float = 1e-7,
+  amsgrad: bool = False,
+  weight_decay: Optional[float] = None,
+  clipnorm: Optional[float] = None,
+  clipvalue: Optional[float] = None,
+  global_clipnorm: Optional[float] = None,
+  use_ema: bool = False,
+  ema_momentum: float = 0.99,
+  ema_overwrite_frequency: Optional[int] = None,
+  jit_compile: bool = True,
+  name: str = "Adam",
+  *,
+  mu_dtype: Optional[Any] = None,
+  nu_dtype: Optional[Any] = None,
+  exclude_from_weight_decay: Optional[Sequence[str]] = None,
+  weight_decay_mask: Optional[Any] = None,
+  ema_dtype: Optional[Any] = None,
+  ema_style: str = "keras2",
+  loss_scale_factor: Optional[float] = None,
+  gradient_accumulation_steps: Optional[int] = None,
+  **kwargs: Any,
 ) -> KerasAdam:
   """Keras's ``Adam`` optimizer (``tf.keras.optimizers.Adam``, TF 2.11–2.15) for optax.
 
@@ -201,8 +218,10 @@ def adam(
   if not isinstance(name, str):
     raise TypeError(f"`name` must be a string; got {hyperparams.describe(name)}.")
   if weight_decay is None and (exclude_from_weight_decay or weight_decay_mask is not None):
-    raise ValueError("`exclude_from_weight_decay` / `weight_decay_mask` need `weight_decay` to be "
-                     "set; got weight_decay=None.")
+    raise ValueError(
+      "`exclude_from_weight_decay` / `weight_decay_mask` need `weight_decay` to be "
+      "set; got weight_decay=None."
+    )
   clip = _clip_transform(clipnorm, clipvalue, global_clipnorm)
   keras3.check_accumulation_steps(gradient_accumulation_steps)
   lr = learning_rate
@@ -210,17 +229,27 @@ def adam(
     lr = keras3.raw_count_schedule(lr, gradient_accumulation_steps)  # schedules see every call
 
   transforms = AdamState(
-      loss_scale=optax.identity() if loss_scale_factor is None else keras3.divide_by_loss_scale(
-          loss_scale_factor),
-      clip=clip,
-      adam=scale.scale_by_keras_adam(beta_1, beta_2, epsilon, amsgrad,
-                                     mu_dtype=mu_dtype, nu_dtype=nu_dtype),
-      learning_rate=learning_rate_lib.scale_by_learning_rate(lr),
-      weight_decay=optax.identity() if weight_decay is None else weight_decay_lib.add_decayed_weights(
-          weight_decay, learning_rate=lr, exclude_from_weight_decay=exclude_from_weight_decay,
-          weight_decay_mask=weight_decay_mask),
-      ema=ema.parameter_ema(ema_momentum, ema_overwrite_frequency, ema_dtype=ema_dtype,
-                            ema_style=ema_style) if use_ema else optax.identity(),
+    loss_scale=optax.identity()
+    if loss_scale_factor is None
+    else keras3.divide_by_loss_scale(loss_scale_factor),
+    clip=clip,
+    adam=scale.scale_by_keras_adam(
+      beta_1, beta_2, epsilon, amsgrad, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+    ),
+    learning_rate=learning_rate_lib.scale_by_learning_rate(lr),
+    weight_decay=optax.identity()
+    if weight_decay is None
+    else weight_decay_lib.add_decayed_weights(
+      weight_decay,
+      learning_rate=lr,
+      exclude_from_weight_decay=exclude_from_weight_decay,
+      weight_decay_mask=weight_decay_mask,
+    ),
+    ema=ema.parameter_ema(
+      ema_momentum, ema_overwrite_frequency, ema_dtype=ema_dtype, ema_style=ema_style
+    )
+    if use_ema
+    else optax.identity(),
   )
   named = _keyed_chain(transforms)
   if gradient_accumulation_steps:
@@ -229,25 +258,49 @@ def adam(
 
   def update_fn(updates, state, params=None, **extra_args):
     if needs_params and params is None:
-      on = " and ".join(n for n, v in (("weight_decay", weight_decay is not None),
-                                       ("use_ema", use_ema)) if v)
-      raise ValueError(f"optadam.adam with {on} needs the parameters: call "
-                       "`tx.update(grads, opt_state, params)`.")
+      on = " and ".join(
+        n for n, v in (("weight_decay", weight_decay is not None), ("use_ema", use_ema)) if v
+      )
+      raise ValueError(
+        f"optadam.adam with {on} needs the parameters: call `tx.update(grads, opt_state, params)`."
+      )
     return named.update(updates, state, params, **extra_args)
 
   # Array hyperparameters mean inject_hyperparams (or a trace) builds this optimizer at
   # every step; a jit here would then be a fresh function, recompiled at every call.
   if jit_compile and not _has_array_hyperparams(
-      learning_rate, beta_1, beta_2, epsilon, weight_decay, clipnorm, clipvalue,
-      global_clipnorm, ema_momentum, ema_overwrite_frequency, loss_scale_factor):
+    learning_rate,
+    beta_1,
+    beta_2,
+    epsilon,
+    weight_decay,
+    clipnorm,
+    clipvalue,
+    global_clipnorm,
+    ema_momentum,
+    ema_overwrite_frequency,
+    loss_scale_factor,
+  ):
     update_fn = jax.jit(update_fn)
 
   tx = KerasAdam(named.init, update_fn)
   tx.name = name
   tx.keras_args = dict(
-      learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
-      amsgrad=amsgrad, weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
-      global_clipnorm=global_clipnorm, use_ema=use_ema, ema_momentum=ema_momentum,
-      ema_overwrite_frequency=ema_overwrite_frequency, jit_compile=jit_compile, name=name,
-      loss_scale_factor=loss_scale_factor, gradient_accumulation_steps=gradient_accumulation_steps)
+    learning_rate=learning_rate,
+    beta_1=beta_1,
+    beta_2=beta_2,
+    epsilon=epsilon,
+    amsgrad=amsgrad,
+    weight_decay=weight_decay,
+    clipnorm=clipnorm,
+    clipvalue=clipvalue,
+    global_clipnorm=global_clipnorm,
+    use_ema=use_ema,
+    ema_momentum=ema_momentum,
+    ema_overwrite_frequency=ema_overwrite_frequency,
+    jit_compile=jit_compile,
+    name=name,
+    loss_scale_factor=loss_scale_factor,
+    gradient_accumulation_steps=gradient_accumulation_steps,
+  )
   return tx

@@ -18,11 +18,18 @@ from optadam import sparse
 
 
 def _check_threshold(name: str, value: Any) -> None:
-  hyperparams.check_number(name, value, allow_callable=False, low=0.0,
-                           allowed="in optadam.adam, None or 0 means no clipping")
+  hyperparams.check_number(
+    name,
+    value,
+    allow_callable=False,
+    low=0.0,
+    allowed="in optadam.adam, None or 0 means no clipping",
+  )
   if hyperparams.concrete_number(value) == 0.0:
-    raise ValueError(f"`{name}` must be > 0 for this transform (in `optadam.adam`, "
-                     f"None or 0 means 'no clipping'); got {value!r}.")
+    raise ValueError(
+      f"`{name}` must be > 0 for this transform (in `optadam.adam`, "
+      f"None or 0 means 'no clipping'); got {value!r}."
+    )
 
 
 def _sum_of_squares(g: Any) -> jax.Array:

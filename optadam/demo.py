@@ -33,14 +33,17 @@ import optadam
 try:
   import flax.linen as nn
   import matplotlib
+
   matplotlib.use("Agg")  # files only, no display needed
   import matplotlib.pyplot as plt
   from sklearn.datasets import load_digits
   from sklearn.model_selection import train_test_split
   from tqdm.auto import tqdm
 except ImportError as e:  # pragma: no cover - depends on the environment
-  raise ImportError(f"optadam.demo needs the example dependencies ({e.name or e} is missing): "
-                    "pip install 'optadam[examples]'") from e
+  raise ImportError(
+    f"optadam.demo needs the example dependencies ({e.name or e} is missing): "
+    "pip install 'optadam[examples]'"
+  ) from e
 
 BATCH_SIZE = 64
 
@@ -63,7 +66,9 @@ def load_data(seed: int):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-  parser = argparse.ArgumentParser(prog="python -m optadam.demo", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m optadam.demo", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("--epochs", type=int, default=40, help="training epochs (default: 40)")
   parser.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
   parser.add_argument("--seed", type=int, default=0, help="seed for split, init and shuffling")
@@ -78,9 +83,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
   model = MLP()
   tx = optadam.adam(
-      learning_rate=optax.cosine_decay_schedule(3e-3, decay_steps=total_steps, alpha=0.05),
-      weight_decay=1e-4, exclude_from_weight_decay=["bias"],
-      global_clipnorm=1.0, use_ema=True, ema_momentum=0.99)
+    learning_rate=optax.cosine_decay_schedule(3e-3, decay_steps=total_steps, alpha=0.05),
+    weight_decay=1e-4,
+    exclude_from_weight_decay=["bias"],
+    global_clipnorm=1.0,
+    use_ema=True,
+    ema_momentum=0.99,
+  )
 
   @jax.jit
   def init_state(rng):
@@ -94,6 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     def loss_fn(p):
       logits = model.apply(p, x)
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optadam.apply_updates(params, updates), opt_state, loss
@@ -112,34 +122,38 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
       order = rng.permutation(len(x_train))
       losses = []
       for i in range(steps_per_epoch):
-        idx = order[i * BATCH_SIZE:(i + 1) * BATCH_SIZE]
+        idx = order[i * BATCH_SIZE : (i + 1) * BATCH_SIZE]
         params, opt_state, loss = train_step(params, opt_state, x_train[idx], y_train[idx])
         losses.append(loss)
         bar.update(1)
       history["train_loss"].append(float(jnp.mean(jnp.stack(losses))))
       history["val_acc"].append(float(accuracy(params, x_val, y_val)))
       history["val_acc_ema"].append(float(accuracy(optadam.ema_params(opt_state), x_val, y_val)))
-      bar.set_postfix(loss=f"{history['train_loss'][-1]:.4f}",
-                      val_acc=f"{history['val_acc'][-1]:.3f}",
-                      ema_acc=f"{history['val_acc_ema'][-1]:.3f}")
+      bar.set_postfix(
+        loss=f"{history['train_loss'][-1]:.4f}",
+        val_acc=f"{history['val_acc'][-1]:.3f}",
+        ema_acc=f"{history['val_acc_ema'][-1]:.3f}",
+      )
 
   # As Keras's fit() does at the end with use_ema=True: the weights become their averages.
   final_params = optadam.finalize_variable_values(params, opt_state)
   metrics = {
-      "epochs": args.epochs,
-      "steps": total_steps,
-      "train_loss": history["train_loss"][-1],
-      "val_accuracy": history["val_acc"][-1],
-      "val_accuracy_ema": history["val_acc_ema"][-1],
-      "val_accuracy_final": float(accuracy(final_params, x_val, y_val)),
-      "history": history,
+    "epochs": args.epochs,
+    "steps": total_steps,
+    "train_loss": history["train_loss"][-1],
+    "val_accuracy": history["val_acc"][-1],
+    "val_accuracy_ema": history["val_acc_ema"][-1],
+    "val_accuracy_final": float(accuracy(final_params, x_val, y_val)),
+    "history": history,
   }
   metrics["plot"] = save_plot(history, os.path.join(args.out, "loss_curve.png"))
   if not args.quiet:
     print(f"final train loss: {metrics['train_loss']:.4f}")
-    print(f"validation accuracy: {metrics['val_accuracy']:.4f} (raw weights), "
-          f"{metrics['val_accuracy_ema']:.4f} (EMA weights), "
-          f"{metrics['val_accuracy_final']:.4f} (after finalize_variable_values)")
+    print(
+      f"validation accuracy: {metrics['val_accuracy']:.4f} (raw weights), "
+      f"{metrics['val_accuracy_ema']:.4f} (EMA weights), "
+      f"{metrics['val_accuracy_final']:.4f} (after finalize_variable_values)"
+    )
     print(f"plot saved to {metrics['plot']}")
   return metrics
 
@@ -150,11 +164,17 @@ def save_plot(history: dict, path: str) -> str:
   epochs = np.arange(1, len(history["train_loss"]) + 1)
   fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
   ax_loss.plot(epochs, history["train_loss"], marker="o", markersize=3, color="tab:blue")
-  ax_loss.set(title="Training loss", xlabel="epoch", ylabel="cross-entropy (mean over epoch)",
-              yscale="log")
+  ax_loss.set(
+    title="Training loss", xlabel="epoch", ylabel="cross-entropy (mean over epoch)", yscale="log"
+  )
   ax_acc.plot(epochs, history["val_acc"], marker="o", markersize=3, label="raw weights")
-  ax_acc.plot(epochs, history["val_acc_ema"], marker="s", markersize=3,
-              label="EMA weights (optadam.ema_params)")
+  ax_acc.plot(
+    epochs,
+    history["val_acc_ema"],
+    marker="s",
+    markersize=3,
+    label="EMA weights (optadam.ema_params)",
+  )
   ax_acc.set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy")
   ax_acc.legend(loc="lower right")
   for ax in (ax_loss, ax_acc):

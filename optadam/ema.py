@@ -17,11 +17,14 @@ EMA_STYLES = ("keras2", "keras3")
 
 class ParameterEmaState(NamedTuple):
   """State of `parameter_ema`."""
+
   count: jax.Array  # shape=(), dtype=int32: updates already taken
   ema: optax.Params  # the moving average, shaped like params (dtype: ema_dtype or the param's)
 
 
-def check_ema_args(ema_momentum: Any, ema_overwrite_frequency: Any, ema_style: str = "keras2") -> None:
+def check_ema_args(
+  ema_momentum: Any, ema_overwrite_frequency: Any, ema_style: str = "keras2"
+) -> None:
   """Validates the EMA arguments (SPEC §5); traced values pass."""
   hyperparams.check_number("ema_momentum", ema_momentum, allow_callable=False, low=0.0, high=1.0)
   f = ema_overwrite_frequency
@@ -29,24 +32,32 @@ def check_ema_args(ema_momentum: Any, ema_overwrite_frequency: Any, ema_style: s
     if isinstance(f, jax.core.Tracer):
       pass
     elif isinstance(f, bool) or not (
-        isinstance(f, (int, np.integer))
-        or (isinstance(f, (np.ndarray, jax.Array)) and np.ndim(f) == 0
-            and np.issubdtype(np.asarray(f).dtype, np.integer))):
-      raise ValueError("`ema_overwrite_frequency` must be None or an int >= 0 (0 or None: never "
-                       f"overwrite); got {hyperparams.describe(f)}.")
+      isinstance(f, (int, np.integer))
+      or (
+        isinstance(f, (np.ndarray, jax.Array))
+        and np.ndim(f) == 0
+        and np.issubdtype(np.asarray(f).dtype, np.integer)
+      )
+    ):
+      raise ValueError(
+        "`ema_overwrite_frequency` must be None or an int >= 0 (0 or None: never "
+        f"overwrite); got {hyperparams.describe(f)}."
+      )
     elif int(f) < 0:
-      raise ValueError("`ema_overwrite_frequency` must be None or an int >= 0 (0 or None: never "
-                       f"overwrite); got {f!r}.")
+      raise ValueError(
+        "`ema_overwrite_frequency` must be None or an int >= 0 (0 or None: never "
+        f"overwrite); got {f!r}."
+      )
   if ema_style not in EMA_STYLES:
     raise ValueError(f"`ema_style` must be one of {EMA_STYLES}; got {ema_style!r}.")
 
 
 def parameter_ema(
-    ema_momentum: float = 0.99,
-    ema_overwrite_frequency: Optional[int] = None,
-    *,
-    ema_dtype: Optional[Any] = None,
-    ema_style: str = "keras2",
+  ema_momentum: float = 0.99,
+  ema_overwrite_frequency: Optional[int] = None,
+  *,
+  ema_dtype: Optional[Any] = None,
+  ema_style: str = "keras2",
 ) -> optax.GradientTransformation:
   """Keeps an exponential moving average of the parameters; optionally overwrites them with it.
 
@@ -87,7 +98,8 @@ def parameter_ema(
   ema_dtype = hyperparams.as_dtype("ema_dtype", ema_dtype)
   freq = ema_overwrite_frequency
   overwrites = freq is not None and not (
-      hyperparams.concrete_number(freq) is not None and int(freq) == 0)
+    hyperparams.concrete_number(freq) is not None and int(freq) == 0
+  )
 
   def init_fn(params):
     # a copy, never the parameter buffer itself (a donating train step would donate it twice)
@@ -96,14 +108,19 @@ def parameter_ema(
 
   def update_fn(updates, state, params=None):
     if params is None:
-      raise ValueError("The parameter EMA (`use_ema=True` / `optadam.parameter_ema`) needs the "
-                       "parameters: call `tx.update(grads, opt_state, params)`.")
+      raise ValueError(
+        "The parameter EMA (`use_ema=True` / `optadam.parameter_ema`) needs the "
+        "parameters: call `tx.update(grads, opt_state, params)`."
+      )
     it = state.count
     if ema_style == "keras3":
       momentum = (it != 0).astype(jnp.float32) * jnp.asarray(ema_momentum, jnp.float32)
       one_minus = None  # formed from the momentum array, in the average's dtype
     elif isinstance(ema_momentum, (int, float)):
-      momentum, one_minus = float(ema_momentum), 1.0 - float(ema_momentum)  # Python double (Keras 2)
+      momentum, one_minus = (
+        float(ema_momentum),
+        1.0 - float(ema_momentum),
+      )  # Python double (Keras 2)
     else:
       momentum = jnp.asarray(ema_momentum, jnp.float32)
       one_minus = 1.0 - momentum
@@ -126,8 +143,11 @@ def parameter_ema(
         # and averages p + u in excess precision instead of the value the parameter stores.
         x_new = jax.lax.optimization_barrier(x_new)
       m = momentum if isinstance(momentum, float) else momentum.astype(avg.dtype)
-      om = (1 - m) if one_minus is None else (
-          one_minus if isinstance(one_minus, float) else one_minus.astype(avg.dtype))
+      om = (
+        (1 - m)
+        if one_minus is None
+        else (one_minus if isinstance(one_minus, float) else one_minus.astype(avg.dtype))
+      )
       average = lambda x: m * avg + om * x.astype(avg.dtype)  # pylint: disable=cell-var-from-loop
       new = average(x_new)
       if u is None:
@@ -157,8 +177,10 @@ def _find_ema_states(opt_state: Any) -> list[ParameterEmaState]:
 def _the_ema_state(opt_state: Any) -> Optional[ParameterEmaState]:
   found = _find_ema_states(opt_state)
   if len(found) > 1:
-    raise ValueError(f"The optimizer state holds {len(found)} parameter EMAs; pass the part of "
-                     "the state that holds the one you mean.")
+    raise ValueError(
+      f"The optimizer state holds {len(found)} parameter EMAs; pass the part of "
+      "the state that holds the one you mean."
+    )
   return found[0] if found else None
 
 
@@ -175,8 +197,10 @@ def ema_params(opt_state: Any) -> optax.Params:
   """
   state = _the_ema_state(opt_state)
   if state is None:
-    raise ValueError("This optimizer state has no parameter EMA: build the optimizer with "
-                     "`optadam.adam(..., use_ema=True)` (or chain `optadam.parameter_ema()` last).")
+    raise ValueError(
+      "This optimizer state has no parameter EMA: build the optimizer with "
+      "`optadam.adam(..., use_ema=True)` (or chain `optadam.parameter_ema()` last)."
+    )
   return state.ema
 
 

@@ -31,9 +31,11 @@ def takes_no_arguments(fn: Callable[..., Any]) -> bool:
     sig = inspect.signature(fn)
   except (TypeError, ValueError):  # builtins without a signature: a schedule.
     return False
-  positional = (inspect.Parameter.POSITIONAL_ONLY,
-                inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                inspect.Parameter.VAR_POSITIONAL)
+  positional = (
+    inspect.Parameter.POSITIONAL_ONLY,
+    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    inspect.Parameter.VAR_POSITIONAL,
+  )
   return not any(p.kind in positional for p in sig.parameters.values())
 
 
@@ -44,12 +46,14 @@ def _host_value(fn: Callable[[], Any]) -> jax.Array:
     value = np.asarray(fn(), dtype=np.float32)
     if value.shape != ():
       raise ValueError(
-          f"A zero-argument hyperparameter callable must return a scalar; {fn!r} "
-          f"returned an array of shape {value.shape}.")
+        f"A zero-argument hyperparameter callable must return a scalar; {fn!r} "
+        f"returned an array of shape {value.shape}."
+      )
     return value
 
   return jax.pure_callback(
-      callback, jax.ShapeDtypeStruct((), jnp.float32), vmap_method="broadcast_all")
+    callback, jax.ShapeDtypeStruct((), jnp.float32), vmap_method="broadcast_all"
+  )
 
 
 def value_at(value: Hyperparam, count: jax.Array) -> Any:
@@ -90,9 +94,16 @@ def describe(value: Any) -> str:
   return f"{value!r} (type {type(value).__name__})"
 
 
-def check_number(name: str, value: Any, *, allow_callable: bool = True,
-                 low: float | None = None, high: float | None = None,
-                 high_inclusive: bool = True, allowed: str = "") -> None:
+def check_number(
+  name: str,
+  value: Any,
+  *,
+  allow_callable: bool = True,
+  low: float | None = None,
+  high: float | None = None,
+  high_inclusive: bool = True,
+  allowed: str = "",
+) -> None:
   """Validates a scalar hyperparameter at construction.
 
   Concrete numbers must be finite and within [low, high] (or [low, high) when
@@ -102,16 +113,18 @@ def check_number(name: str, value: Any, *, allow_callable: bool = True,
   if callable(value) and not isinstance(value, (jax.Array, np.ndarray)):
     if allow_callable:
       return
-    raise TypeError(f"`{name}` must be a number{allowed and ', ' + allowed}; "
-                    f"got the callable {value!r}.")
+    raise TypeError(
+      f"`{name}` must be a number{allowed and ', ' + allowed}; got the callable {value!r}."
+    )
   if isinstance(value, bool) or not isinstance(
-      value, (numbers.Real, np.ndarray, np.generic, jax.Array)):
-    kinds = "a float, a schedule fn(step) or a zero-argument callable" \
-        if allow_callable else "a float"
+    value, (numbers.Real, np.ndarray, np.generic, jax.Array)
+  ):
+    kinds = (
+      "a float, a schedule fn(step) or a zero-argument callable" if allow_callable else "a float"
+    )
     raise TypeError(f"`{name}` must be {kinds}; got {describe(value)}.")
   if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) != 0:
-    raise ValueError(f"`{name}` must be a scalar; got an array of shape "
-                     f"{np.shape(value)}.")
+    raise ValueError(f"`{name}` must be a scalar; got an array of shape {np.shape(value)}.")
   x = concrete_number(value)
   if x is None:
     return
@@ -123,8 +136,9 @@ def check_number(name: str, value: Any, *, allow_callable: bool = True,
     lo = "-inf" if low is None else f"{low:g}"
     hi = "inf" if high is None else f"{high:g}"
     bracket = "]" if high_inclusive and high is not None else ")"
-    raise ValueError(f"`{name}` must be in [{lo}, {hi}{bracket}{allowed and ' (' + allowed + ')'}; "
-                     f"got {value!r}.")
+    raise ValueError(
+      f"`{name}` must be in [{lo}, {hi}{bracket}{allowed and ' (' + allowed + ')'}; got {value!r}."
+    )
 
 
 def as_dtype(name: str, value: Any) -> Any:
@@ -134,8 +148,9 @@ def as_dtype(name: str, value: Any) -> Any:
   try:
     dtype = jnp.dtype(value)
   except TypeError:
-    raise TypeError(f"`{name}` must be None or a floating dtype (e.g. jnp.float32); "
-                    f"got {describe(value)}.") from None
+    raise TypeError(
+      f"`{name}` must be None or a floating dtype (e.g. jnp.float32); got {describe(value)}."
+    ) from None
   if not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(f"`{name}` must be None or a floating dtype (e.g. jnp.float32); got {dtype}.")
   return dtype

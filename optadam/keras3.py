@@ -19,8 +19,10 @@ def check_accumulation_steps(gradient_accumulation_steps: Any) -> None:
   if k is None:
     return
   if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
-    raise ValueError("`gradient_accumulation_steps` must be None or an int >= 2 (Keras 3); got "
-                     f"{hyperparams.describe(k)}.")
+    raise ValueError(
+      "`gradient_accumulation_steps` must be None or an int >= 2 (Keras 3); got "
+      f"{hyperparams.describe(k)}."
+    )
 
 
 def divide_by_loss_scale(loss_scale_factor: float) -> optax.GradientTransformation:
@@ -52,13 +54,15 @@ def divide_by_loss_scale(loss_scale_factor: float) -> optax.GradientTransformati
 
 class GradientAccumulationState(NamedTuple):
   """State of `accumulate_gradients`."""
+
   count: jax.Array  # shape=(), dtype=int32: calls so far (Keras 3's raw `_iterations`)
   acc: optax.Updates  # sum of the gradients since the last real update, shaped like params
   inner: optax.OptState  # the wrapped optimizer's state (changes on real updates only)
 
 
-def accumulate_gradients(gradient_accumulation_steps: int,
-                         inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+def accumulate_gradients(
+  gradient_accumulation_steps: int, inner: optax.GradientTransformation
+) -> optax.GradientTransformationExtraArgs:
   """Keras 3's gradient accumulation around `inner`.
 
   Calls that are not the k-th add the gradient to an accumulator and emit zero
@@ -90,23 +94,32 @@ def accumulate_gradients(gradient_accumulation_steps: int,
   def update_fn(updates, state, params=None, **extra_args):
     g_leaves, treedef = _tree.flatten_grads(updates)
     if any(sparse.is_sparse(g) for g in g_leaves):
-      raise TypeError("gradient_accumulation_steps does not support sparse (IndexedSlices) gradients; "
-                      "densify them first.")
+      raise TypeError(
+        "gradient_accumulation_steps does not support sparse (IndexedSlices) gradients; "
+        "densify them first."
+      )
     acc_leaves = _tree.leaves_like(treedef, state.acc)
     is_update = (state.count + 1) % k == 0
-    mean = treedef.unflatten([None if g is None else (g + a) / k for g, a in zip(g_leaves, acc_leaves)])
+    mean = treedef.unflatten(
+      [None if g is None else (g + a) / k for g, a in zip(g_leaves, acc_leaves)]
+    )
 
     def real_update(_):
       return inner.update(mean, state.inner, params, **extra_args)
 
     def accumulate(_):
-      return treedef.unflatten([None if g is None else jnp.zeros_like(g) for g in g_leaves]), state.inner
+      return treedef.unflatten(
+        [None if g is None else jnp.zeros_like(g) for g in g_leaves]
+      ), state.inner
 
     new_updates, new_inner = jax.lax.cond(is_update, real_update, accumulate, None)
-    new_acc = [a if g is None else jnp.where(is_update, jnp.zeros_like(a), a + g.astype(a.dtype))
-               for g, a in zip(g_leaves, acc_leaves)]
+    new_acc = [
+      a if g is None else jnp.where(is_update, jnp.zeros_like(a), a + g.astype(a.dtype))
+      for g, a in zip(g_leaves, acc_leaves)
+    ]
     new_state = GradientAccumulationState(
-        optax.safe_increment(state.count), treedef.unflatten(new_acc), new_inner)
+      optax.safe_increment(state.count), treedef.unflatten(new_acc), new_inner
+    )
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

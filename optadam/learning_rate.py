@@ -14,10 +14,13 @@ from optadam import hyperparams
 
 class ScaleByLearningRateState(NamedTuple):
   """State of `scale_by_learning_rate`."""
+
   count: jax.Array  # shape=(), dtype=int32: updates already taken (a schedule's step)
 
 
-def scale_by_learning_rate(learning_rate: hyperparams.Hyperparam = 0.001) -> optax.GradientTransformation:
+def scale_by_learning_rate(
+  learning_rate: hyperparams.Hyperparam = 0.001,
+) -> optax.GradientTransformation:
   """Multiplies updates by ``-learning_rate`` at the current step.
 
   `learning_rate` may be a number or scalar array (constant), a schedule

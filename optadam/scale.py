@@ -15,10 +15,13 @@ from optadam import sparse
 
 class ScaleByKerasAdamState(NamedTuple):
   """State of `scale_by_keras_adam`."""
+
   count: jax.Array  # shape=(), dtype=int32: updates already taken (Keras's `iterations`)
   mu: optax.Updates  # first moment m, shaped like params (dtype: mu_dtype or the param's)
   nu: optax.Updates  # second moment v, shaped like params (dtype: nu_dtype or the param's)
-  nu_max: Optional[optax.Updates]  # running max of the raw v (AMSGrad's v-hat); None without amsgrad
+  nu_max: Optional[
+    optax.Updates
+  ]  # running max of the raw v (AMSGrad's v-hat); None without amsgrad
 
 
 def _one_minus(beta: Any, beta_now: Any) -> Any:
@@ -29,13 +32,13 @@ def _one_minus(beta: Any, beta_now: Any) -> Any:
 
 
 def scale_by_keras_adam(
-    beta_1: hyperparams.Hyperparam = 0.9,
-    beta_2: hyperparams.Hyperparam = 0.999,
-    epsilon: float = 1e-7,
-    amsgrad: bool = False,
-    *,
-    mu_dtype: Optional[Any] = None,
-    nu_dtype: Optional[Any] = None,
+  beta_1: hyperparams.Hyperparam = 0.9,
+  beta_2: hyperparams.Hyperparam = 0.999,
+  epsilon: float = 1e-7,
+  amsgrad: bool = False,
+  *,
+  mu_dtype: Optional[Any] = None,
+  nu_dtype: Optional[Any] = None,
 ) -> optax.GradientTransformation:
   r"""Scales gradients by Keras's Adam rule (without the learning rate).
 
@@ -96,8 +99,7 @@ def scale_by_keras_adam(
     mu = jax.tree.map(lambda p: _tree.zeros_like(p, mu_dtype), params)
     nu = jax.tree.map(lambda p: _tree.zeros_like(p, nu_dtype), params)
     nu_max = jax.tree.map(lambda p: _tree.zeros_like(p, nu_dtype), params) if amsgrad else None
-    return ScaleByKerasAdamState(
-        count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, nu_max=nu_max)
+    return ScaleByKerasAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, nu_max=nu_max)
 
   def update_fn(updates, state, params=None):
     del params
@@ -152,10 +154,11 @@ def scale_by_keras_adam(
 
     unflatten = treedef.unflatten
     new_state = ScaleByKerasAdamState(
-        count=optax.safe_increment(state.count),
-        mu=unflatten(new_mu), nu=unflatten(new_nu),
-        nu_max=unflatten(new_vmax) if amsgrad else None)
+      count=optax.safe_increment(state.count),
+      mu=unflatten(new_mu),
+      nu=unflatten(new_nu),
+      nu_max=unflatten(new_vmax) if amsgrad else None,
+    )
     return unflatten(out), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
-

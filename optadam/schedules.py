@@ -94,11 +94,7 @@ def _real(name: str, value: Any) -> int | float:
     return float(value)
   dtype = getattr(value, "dtype", None)
   shape = getattr(value, "shape", None)
-  if (
-    dtype is not None
-    and shape == ()
-    and np.dtype(dtype).kind in "iuf"
-  ):
+  if dtype is not None and shape == () and np.dtype(dtype).kind in "iuf":
     try:
       return value.item()
     except Exception as e:  # e.g. a jax tracer: not concrete.
@@ -118,28 +114,21 @@ def _real(name: str, value: Any) -> int | float:
 def _finite(name: str, value: Any) -> int | float:
   value = _real(name, value)
   if not math.isfinite(value):
-    raise ValueError(
-      f"Argument `{name}` must be a finite number. "
-      f"Received: {name}={value!r}"
-    )
+    raise ValueError(f"Argument `{name}` must be a finite number. Received: {name}={value!r}")
   return value
 
 
 def _positive(name: str, value: Any) -> int | float:
   value = _finite(name, value)
   if not value > 0:
-    raise ValueError(
-      f"Argument `{name}` must be > 0. Received: {name}={value!r}"
-    )
+    raise ValueError(f"Argument `{name}` must be > 0. Received: {name}={value!r}")
   return value
 
 
 def _non_negative(name: str, value: Any) -> int | float:
   value = _finite(name, value)
   if not value >= 0:
-    raise ValueError(
-      f"Argument `{name}` must be >= 0. Received: {name}={value!r}"
-    )
+    raise ValueError(f"Argument `{name}` must be >= 0. Received: {name}={value!r}")
   return value
 
 
@@ -227,14 +216,15 @@ class LearningRateSchedule:
 
   def __call__(self, step):  # pragma: no cover - abstract
     raise NotImplementedError(
-      f"Learning rate schedule '{type(self).__name__}' must override "
-      "`__call__(self, step)`."
+      f"Learning rate schedule '{type(self).__name__}' must override `__call__(self, step)`."
     )
 
   def get_config(self) -> dict:
     """The constructor arguments, in Keras's key order (lists copied)."""
-    return {k: list(getattr(self, k)) if isinstance(getattr(self, k), (list, tuple))
-            else getattr(self, k) for k in self._CONFIG_KEYS}
+    return {
+      k: list(getattr(self, k)) if isinstance(getattr(self, k), (list, tuple)) else getattr(self, k)
+      for k in self._CONFIG_KEYS
+    }
 
   @classmethod
   def from_config(cls, config: dict):
@@ -290,9 +280,7 @@ class _RateDecay(LearningRateSchedule):
   )
 
   def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase, name):
-    self.initial_learning_rate = _finite(
-      "initial_learning_rate", initial_learning_rate
-    )
+    self.initial_learning_rate = _finite("initial_learning_rate", initial_learning_rate)
     self.decay_steps = _positive("decay_steps", decay_steps)
     self.decay_rate = _non_negative("decay_rate", decay_rate)
     self.staircase = _bool("staircase", staircase)
@@ -304,7 +292,6 @@ class _RateDecay(LearningRateSchedule):
     if self.staircase:  # Static config, not a branch on `step`.
       p = jnp.floor(p)
     return p
-
 
 
 class ExponentialDecay(_RateDecay):
@@ -425,15 +412,13 @@ class PiecewiseConstantDecay(LearningRateSchedule):
     # Python int does not overflow before the cast.
     boundaries = np.asarray(
       [
-        np.asarray(b, dtype=np.int64 if isinstance(b, int) else _F32)
-        .astype(step.dtype)
+        np.asarray(b, dtype=np.int64 if isinstance(b, int) else _F32).astype(step.dtype)
         for b in self.boundaries
       ]
     )
     values = jnp.asarray(np.asarray(self.values, dtype=_F32))
     index = jnp.sum(step[..., None] > boundaries, axis=-1)
     return values[index]
-
 
 
 class PolynomialDecay(LearningRateSchedule):
@@ -503,9 +488,7 @@ class PolynomialDecay(LearningRateSchedule):
     cycle=False,
     name="PolynomialDecay",
   ):
-    self.initial_learning_rate = _finite(
-      "initial_learning_rate", initial_learning_rate
-    )
+    self.initial_learning_rate = _finite("initial_learning_rate", initial_learning_rate)
     self.decay_steps = _positive("decay_steps", decay_steps)
     self.end_learning_rate = _finite("end_learning_rate", end_learning_rate)
     self.power = _finite("power", power)
@@ -539,7 +522,6 @@ class PolynomialDecay(LearningRateSchedule):
     return (initial_learning_rate - end_learning_rate) * jnp.power(
       one_minus_p, power
     ) + end_learning_rate
-
 
 
 class InverseTimeDecay(_RateDecay):
@@ -660,17 +642,11 @@ class CosineDecay(LearningRateSchedule):
     warmup_target=None,
     warmup_steps=0,
   ):
-    self.initial_learning_rate = _finite(
-      "initial_learning_rate", initial_learning_rate
-    )
+    self.initial_learning_rate = _finite("initial_learning_rate", initial_learning_rate)
     self.decay_steps = _positive("decay_steps", decay_steps)
     self.alpha = _finite("alpha", alpha)
     self.name = _name(name)
-    self.warmup_target = (
-      None
-      if warmup_target is None
-      else _finite("warmup_target", warmup_target)
-    )
+    self.warmup_target = None if warmup_target is None else _finite("warmup_target", warmup_target)
     self.warmup_steps = _non_negative("warmup_steps", warmup_steps)
 
   def _decay_function(self, step, decay_steps, decay_from_lr):
@@ -687,22 +663,17 @@ class CosineDecay(LearningRateSchedule):
     global_step = _as_f32(step)
     if self.warmup_target is None:  # Static config.
       global_step = jnp.minimum(global_step, decay_steps)
-      return self._decay_function(
-        global_step, decay_steps, initial_learning_rate
-      )
+      return self._decay_function(global_step, decay_steps, initial_learning_rate)
     warmup_target = _F32(self.warmup_target)
     warmup_steps = _F32(self.warmup_steps)
     global_step = jnp.minimum(global_step, decay_steps + warmup_steps)
     warmup = (warmup_target - initial_learning_rate) * _div(
       global_step, warmup_steps
     ) + initial_learning_rate
-    decay = self._decay_function(
-      global_step - warmup_steps, decay_steps, warmup_target
-    )
+    decay = self._decay_function(global_step - warmup_steps, decay_steps, warmup_target)
     # Both sides are computed; the unselected one may be inf/NaN (e.g.
     # s / 0 when warmup_steps == 0) without affecting the result.
     return jnp.where(global_step < warmup_steps, warmup, decay)
-
 
 
 class CosineDecayRestarts(LearningRateSchedule):
@@ -773,12 +744,8 @@ class CosineDecayRestarts(LearningRateSchedule):
     alpha=0.0,
     name="SGDRDecay",
   ):
-    self.initial_learning_rate = _finite(
-      "initial_learning_rate", initial_learning_rate
-    )
-    self.first_decay_steps = _positive(
-      "first_decay_steps", first_decay_steps
-    )
+    self.initial_learning_rate = _finite("initial_learning_rate", initial_learning_rate)
+    self.first_decay_steps = _positive("first_decay_steps", first_decay_steps)
     self.t_mul = _positive("t_mul", t_mul)
     self.m_mul = _finite("m_mul", m_mul)
     self.alpha = _finite("alpha", alpha)
@@ -808,12 +775,9 @@ class CosineDecayRestarts(LearningRateSchedule):
       completed_fraction = (completed_fraction - sum_r) / t_pow
 
     m_fac = jnp.power(m_mul, i_restart)
-    cosine_decayed = (
-      0.5 * m_fac * (1.0 + jnp.cos(_PI * completed_fraction))
-    )
+    cosine_decayed = 0.5 * m_fac * (1.0 + jnp.cos(_PI * completed_fraction))
     decayed = (1 - alpha) * cosine_decayed + alpha
     return initial_learning_rate * decayed
-
 
 
 # --------------------------------------------------------------------------
@@ -912,8 +876,7 @@ def deserialize(config: dict) -> LearningRateSchedule:
     )
   if "class_name" not in config or "config" not in config:
     raise ValueError(
-      "Argument `config` must have keys 'class_name' and 'config'. "
-      f"Received: config={config!r}"
+      f"Argument `config` must have keys 'class_name' and 'config'. Received: config={config!r}"
     )
   class_name = config["class_name"]
   if class_name not in SCHEDULES:
@@ -938,7 +901,6 @@ def deserialize(config: dict) -> LearningRateSchedule:
   inner = config["config"]
   if not isinstance(inner, dict):
     raise TypeError(
-      "The 'config' entry of argument `config` must be a dict. "
-      f"Received: config={config!r}"
+      f"The 'config' entry of argument `config` must be a dict. Received: config={config!r}"
     )
   return SCHEDULES[class_name].from_config(inner)

@@ -65,9 +65,10 @@ class _Param:
       self.shape = tuple(leaf.shape) if hasattr(leaf, "shape") else None
     else:
       raise TypeError(
-          "optadam.state_shardings: each leaf of `param_shardings` must be a "
-          "jax.sharding.Sharding, a PartitionSpec, or an array / jax.ShapeDtypeStruct "
-          f"carrying a `.sharding`; got {leaf!r} (type {type(leaf).__name__}).")
+        "optadam.state_shardings: each leaf of `param_shardings` must be a "
+        "jax.sharding.Sharding, a PartitionSpec, or an array / jax.ShapeDtypeStruct "
+        f"carrying a `.sharding`; got {leaf!r} (type {type(leaf).__name__})."
+      )
 
 
 def _replicated(sharding: Any) -> Any:
@@ -79,8 +80,9 @@ def _replicated(sharding: Any) -> Any:
   if sharding.is_fully_replicated:
     return sharding
   devices = sorted(sharding.device_set, key=lambda d: (d.process_index, d.id))
-  return NamedSharding(Mesh(np.array(devices), ("replica",)), PartitionSpec(),
-                       memory_kind=sharding.memory_kind)
+  return NamedSharding(
+    Mesh(np.array(devices), ("replica",)), PartitionSpec(), memory_kind=sharding.memory_kind
+  )
 
 
 def _axis_tuple(axes: AxisNames) -> tuple[str, ...]:
@@ -96,8 +98,9 @@ def _used_axes(spec: PartitionSpec) -> set[str]:
   return used
 
 
-def _zero1_spec(spec: PartitionSpec, shape: tuple[int, ...], axes: tuple[str, ...],
-                axis_size: int) -> PartitionSpec:
+def _zero1_spec(
+  spec: PartitionSpec, shape: tuple[int, ...], axes: tuple[str, ...], axis_size: int
+) -> PartitionSpec:
   """`spec` with the first unsharded dimension divisible by `axis_size` split over `axes`."""
   if _used_axes(spec) & set(axes):
     return spec  # already split over (part of) that axis
@@ -105,16 +108,16 @@ def _zero1_spec(spec: PartitionSpec, shape: tuple[int, ...], axes: tuple[str, ..
   for i, (entry, size) in enumerate(zip(entries, shape)):
     if entry is None and size > 0 and size % axis_size == 0:
       entries[i] = axes[0] if len(axes) == 1 else axes
-      return PartitionSpec(*entries[:max(len(spec), i + 1)])
+      return PartitionSpec(*entries[: max(len(spec), i + 1)])
   return spec
 
 
 def state_shardings(
-    tx_or_state: Any,
-    param_shardings: Any,
-    *,
-    zero1_axis: Optional[AxisNames] = None,
-    mesh: Optional[Mesh] = None,
+  tx_or_state: Any,
+  param_shardings: Any,
+  *,
+  zero1_axis: Optional[AxisNames] = None,
+  mesh: Optional[Mesh] = None,
 ) -> Any:
   """The shardings of an optimizer state, from the shardings of the parameters.
 
@@ -173,8 +176,10 @@ def state_shardings(
       raise ValueError("optadam.state_shardings: `zero1_axis` with PartitionSpecs needs `mesh=`.")
     missing = [a for a in zero1_axes if a not in m.shape]
     if missing:
-      raise ValueError(f"optadam.state_shardings: zero1_axis {zero1_axis!r}: the mesh has no "
-                       f"axis {missing[0]!r} (axes: {tuple(m.shape)}).")
+      raise ValueError(
+        f"optadam.state_shardings: zero1_axis {zero1_axis!r}: the mesh has no "
+        f"axis {missing[0]!r} (axes: {tuple(m.shape)})."
+      )
     return math.prod(m.shape[a] for a in zero1_axes)
 
   def leaf_sharding(state_leaf: Any, param: _Param) -> Any:
@@ -194,15 +199,18 @@ def state_shardings(
       return sharding
     if shape is None:
       raise ValueError(
-          "optadam.state_shardings: `zero1_axis` needs the parameters' shapes: pass arrays or "
-          "jax.ShapeDtypeStructs carrying shardings as `param_shardings` (e.g. "
-          "`jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), "
-          "params, shardings)`), or a state instead of the optimizer.")
+        "optadam.state_shardings: `zero1_axis` needs the parameters' shapes: pass arrays or "
+        "jax.ShapeDtypeStructs carrying shardings as `param_shardings` (e.g. "
+        "`jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), "
+        "params, shardings)`), or a state instead of the optimizer."
+      )
     if isinstance(sharding, PartitionSpec):
       return _zero1_spec(sharding, shape, zero1_axes, axis_size_for(sharding))
     if not isinstance(sharding, NamedSharding):
-      raise ValueError("optadam.state_shardings: `zero1_axis` needs NamedShardings (or "
-                       f"PartitionSpecs with `mesh=`); got {sharding!r}.")
+      raise ValueError(
+        "optadam.state_shardings: `zero1_axis` needs NamedShardings (or "
+        f"PartitionSpecs with `mesh=`); got {sharding!r}."
+      )
     spec = _zero1_spec(sharding.spec, shape, zero1_axes, axis_size_for(sharding))
     return NamedSharding(sharding.mesh, spec, memory_kind=sharding.memory_kind)
 
@@ -222,9 +230,12 @@ def state_shardings(
     tx = tx_or_state
     state = None
     if all(p.shape is not None for p in params):
-      abstract = p_def.unflatten([
+      abstract = p_def.unflatten(
+        [
           jax.ShapeDtypeStruct(p.shape, getattr(leaf, "dtype", np.float32))
-          for p, leaf in zip(params, p_leaves)])
+          for p, leaf in zip(params, p_leaves)
+        ]
+      )
       state = jax.eval_shape(tx.init, abstract)
     try:
       placeholder_state = tx.init(_Placeholder())
@@ -237,10 +248,15 @@ def state_shardings(
       state = placeholder_state
     try:
       return jax.tree.map(
-          lambda marker, value: params_subtree(value) if isinstance(marker, _Placeholder)
-          else jax.tree.map(non_param, value, is_leaf=_is_masked),
-          placeholder_state, state,
-          is_leaf=lambda x: isinstance(x, _Placeholder))
+        lambda marker, value: (
+          params_subtree(value)
+          if isinstance(marker, _Placeholder)
+          else jax.tree.map(non_param, value, is_leaf=_is_masked)
+        ),
+        placeholder_state,
+        state,
+        is_leaf=lambda x: isinstance(x, _Placeholder),
+      )
     except (ValueError, TypeError):
       if state is placeholder_state:
         raise
@@ -272,12 +288,15 @@ def state_shardings(
     return jax.tree.map(single, tx_or_state, is_leaf=_is_masked)
 
   return jax.tree.map(
-      lambda x: params_subtree(x) if is_params_shaped(x) else non_param(x),
-      tx_or_state, is_leaf=lambda x: is_params_shaped(x) or _is_masked(x))
+    lambda x: params_subtree(x) if is_params_shaped(x) else non_param(x),
+    tx_or_state,
+    is_leaf=lambda x: is_params_shaped(x) or _is_masked(x),
+  )
 
 
 class _NoShape:
   """A stand-in state leaf whose shape is unknown (placeholder states)."""
+
   shape = None
 
 

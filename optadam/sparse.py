@@ -51,15 +51,22 @@ def _not_a_key(*args: Any, **kwargs: Any) -> Any:
 # loudly, instead of giving wrong numbers, in an optax transform that maps over
 # every leaf (`optax.scale`, `optax.clip`, `optax.clip_by_global_norm`, ...).
 _INDICES_IMPL = jax_random.define_prng_impl(
-    key_shape=(1,), seed=_not_a_key, split=_not_a_key, random_bits=_not_a_key,
-    fold_in=_not_a_key, name=_TAG, tag=_TAG)
+  key_shape=(1,),
+  seed=_not_a_key,
+  split=_not_a_key,
+  random_bits=_not_a_key,
+  fold_in=_not_a_key,
+  name=_TAG,
+  tag=_TAG,
+)
 
 _FOREIGN_TRANSFORM = (
-    "The row indices of an optadam.IndexedSlices (a sparse gradient) came back from a "
-    "transformation as an array of dtype {dtype}: something that does not understand sparse "
-    "gradients mapped a function over every leaf of the gradient tree, indices included. Only "
-    "optadam's transforms (optadam.adam, optadam.scale_by_keras_adam, optadam.clip_by_*) accept "
-    "optadam.IndexedSlices; call `g.to_dense()` before other optax transforms.")
+  "The row indices of an optadam.IndexedSlices (a sparse gradient) came back from a "
+  "transformation as an array of dtype {dtype}: something that does not understand sparse "
+  "gradients mapped a function over every leaf of the gradient tree, indices included. Only "
+  "optadam's transforms (optadam.adam, optadam.scale_by_keras_adam, optadam.clip_by_*) accept "
+  "optadam.IndexedSlices; call `g.to_dense()` before other optax transforms."
+)
 
 
 def _is_indices_dtype(dtype: Any) -> bool:
@@ -77,8 +84,10 @@ def _static_shape(dense_shape: Any) -> tuple[int, ...]:
   try:
     return tuple(int(d) for d in dense_shape)
   except (TypeError, jax.errors.ConcretizationTypeError):
-    raise TypeError("optadam.IndexedSlices: `dense_shape` must be static (a tuple of Python "
-                    f"ints, known at trace time); got {dense_shape!r}.") from None
+    raise TypeError(
+      "optadam.IndexedSlices: `dense_shape` must be static (a tuple of Python "
+      f"ints, known at trace time); got {dense_shape!r}."
+    ) from None
 
 
 class IndexedSlices:
@@ -143,24 +152,33 @@ class IndexedSlices:
   def __init__(self, values: Any, indices: Any, dense_shape: Sequence[int]):
     shape = _static_shape(dense_shape)
     if not shape:
-      raise ValueError("optadam.IndexedSlices: `dense_shape` must have at least one dimension "
-                       "(the rows); got ().")
+      raise ValueError(
+        "optadam.IndexedSlices: `dense_shape` must have at least one dimension (the rows); got ()."
+      )
     if shape[0] > _INT32_MAX - 1:
-      raise ValueError(f"optadam.IndexedSlices: at most {_INT32_MAX - 1} rows are supported; got "
-                       f"dense_shape={shape}.")
+      raise ValueError(
+        f"optadam.IndexedSlices: at most {_INT32_MAX - 1} rows are supported; got "
+        f"dense_shape={shape}."
+      )
     values = jnp.asarray(values)
     if not jnp.issubdtype(values.dtype, jnp.inexact):
-      raise TypeError("optadam.IndexedSlices: `values` must be a floating-point array; got dtype "
-                      f"{values.dtype}.")
+      raise TypeError(
+        f"optadam.IndexedSlices: `values` must be a floating-point array; got dtype {values.dtype}."
+      )
     if values.ndim != len(shape) or tuple(values.shape[1:]) != shape[1:]:
-      raise ValueError(f"optadam.IndexedSlices: `values` must have shape [k, *dense_shape[1:]] = "
-                       f"[k, {', '.join(map(str, shape[1:]))}]; got {tuple(values.shape)} for "
-                       f"dense_shape={shape}.")
-    keys = indices if _is_indices_dtype(getattr(indices, "dtype", None)) else _to_keys(
-        indices, shape[0])
+      raise ValueError(
+        f"optadam.IndexedSlices: `values` must have shape [k, *dense_shape[1:]] = "
+        f"[k, {', '.join(map(str, shape[1:]))}]; got {tuple(values.shape)} for "
+        f"dense_shape={shape}."
+      )
+    keys = (
+      indices if _is_indices_dtype(getattr(indices, "dtype", None)) else _to_keys(indices, shape[0])
+    )
     if keys.shape != (values.shape[0],):
-      raise ValueError("optadam.IndexedSlices: `indices` must be 1-D with one entry per row of "
-                       f"`values` ({values.shape[0]}); got shape {tuple(keys.shape)}.")
+      raise ValueError(
+        "optadam.IndexedSlices: `indices` must be 1-D with one entry per row of "
+        f"`values` ({values.shape[0]}); got shape {tuple(keys.shape)}."
+      )
     self.values = values
     self._keys = keys
     self.dense_shape = shape
@@ -188,8 +206,9 @@ class IndexedSlices:
 
   def to_dense(self) -> jax.Array:
     """The densified gradient, ``zeros(dense_shape).at[indices].add(values)``."""
-    return jnp.zeros(self.dense_shape, self.values.dtype).at[self.indices].add(
-        self.values, mode="drop")
+    return (
+      jnp.zeros(self.dense_shape, self.values.dtype).at[self.indices].add(self.values, mode="drop")
+    )
 
   def with_values(self, values: Any) -> "IndexedSlices":
     """The same indices with new ``values`` (same leading size)."""
@@ -197,15 +216,22 @@ class IndexedSlices:
 
   def __repr__(self) -> str:
     values = getattr(self, "values", None)
-    desc = (f"{values.dtype}{list(values.shape)}" if hasattr(values, "shape") else repr(values))
-    return (f"IndexedSlices(values={desc}, indices=int32[{_leading(values)}], "
-            f"dense_shape={self.dense_shape})")
+    desc = f"{values.dtype}{list(values.shape)}" if hasattr(values, "shape") else repr(values)
+    return (
+      f"IndexedSlices(values={desc}, indices=int32[{_leading(values)}], "
+      f"dense_shape={self.dense_shape})"
+    )
 
   # -- pytree ---------------------------------------------------------------------
 
   def _tree_flatten_with_keys(self):
-    return (((jax.tree_util.GetAttrKey("values"), self.values),
-             (jax.tree_util.GetAttrKey("indices"), self._keys)), self.dense_shape)
+    return (
+      (
+        (jax.tree_util.GetAttrKey("values"), self.values),
+        (jax.tree_util.GetAttrKey("indices"), self._keys),
+      ),
+      self.dense_shape,
+    )
 
   def _tree_flatten(self):
     return (self.values, self._keys), self.dense_shape
@@ -225,8 +251,11 @@ class IndexedSlices:
 
 
 jax.tree_util.register_pytree_with_keys(
-    IndexedSlices, IndexedSlices._tree_flatten_with_keys,  # pylint: disable=protected-access
-    IndexedSlices._tree_unflatten, IndexedSlices._tree_flatten)  # pylint: disable=protected-access
+  IndexedSlices,
+  IndexedSlices._tree_flatten_with_keys,  # pylint: disable=protected-access
+  IndexedSlices._tree_unflatten,
+  IndexedSlices._tree_flatten,
+)  # pylint: disable=protected-access
 
 
 def _leading(values: Any) -> str:
@@ -239,12 +268,12 @@ def _to_keys(indices: Any, num_rows: int) -> jax.Array:
   if not isinstance(indices, (jax.Array, jax.core.Tracer)):
     host = np.asarray(indices)
     if not np.issubdtype(host.dtype, np.integer):
-      raise TypeError("optadam.IndexedSlices: `indices` must be integers; got dtype "
-                      f"{host.dtype}.")
+      raise TypeError(f"optadam.IndexedSlices: `indices` must be integers; got dtype {host.dtype}.")
     bad = (host < 0) | (host >= num_rows)
     if host.size and bad.any():
-      raise ValueError(f"optadam.IndexedSlices: indices must lie in [0, {num_rows}); got "
-                       f"{host[bad][:5].tolist()}.")
+      raise ValueError(
+        f"optadam.IndexedSlices: indices must lie in [0, {num_rows}); got {host[bad][:5].tolist()}."
+      )
   idx = jnp.asarray(indices)
   if not jnp.issubdtype(idx.dtype, jnp.integer):
     raise TypeError(f"optadam.IndexedSlices: `indices` must be integers; got dtype {idx.dtype}.")
@@ -286,8 +315,12 @@ def with_values(g: Any, values: Any) -> Any:
   if isinstance(g, IndexedSlices):
     return g.with_values(values)
   if _is_bcoo(g):
-    return _bcoo_type()((values, g.indices), shape=g.shape, indices_sorted=g.indices_sorted,
-                        unique_indices=g.unique_indices)
+    return _bcoo_type()(
+      (values, g.indices),
+      shape=g.shape,
+      indices_sorted=g.indices_sorted,
+      unique_indices=g.unique_indices,
+    )
   return values
 
 
@@ -300,18 +333,24 @@ def _rows(g: Any, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array, int]:
   """
   grad_shape = tuple(g.shape)
   if grad_shape != tuple(shape):
-    raise ValueError(f"A sparse gradient of dense shape {grad_shape} was given for a parameter of "
-                     f"shape {tuple(shape)}.")
+    raise ValueError(
+      f"A sparse gradient of dense shape {grad_shape} was given for a parameter of "
+      f"shape {tuple(shape)}."
+    )
   if isinstance(g, IndexedSlices):
     return g.indices, g.values, shape[0]
   if g.n_batch:
-    raise ValueError("optadam accepts BCOO gradients with n_batch=0 only; got n_batch="
-                     f"{g.n_batch}. Use `bcoo_update_layout(g, n_batch=0)` first.")
-  sparse_shape = shape[:g.n_sparse]
+    raise ValueError(
+      "optadam accepts BCOO gradients with n_batch=0 only; got n_batch="
+      f"{g.n_batch}. Use `bcoo_update_layout(g, n_batch=0)` first."
+    )
+  sparse_shape = shape[: g.n_sparse]
   num_rows = math.prod(sparse_shape)
   if num_rows > _INT32_MAX - 1:
-    raise ValueError(f"optadam: a BCOO gradient over {num_rows} sparse positions is not supported "
-                     f"(at most {_INT32_MAX - 1}); make it row-sparse (n_dense > 0).")
+    raise ValueError(
+      f"optadam: a BCOO gradient over {num_rows} sparse positions is not supported "
+      f"(at most {_INT32_MAX - 1}); make it row-sparse (n_dense > 0)."
+    )
   idx = g.indices.astype(jnp.int32)
   flat = jnp.zeros(idx.shape[:1], jnp.int32)
   valid = jnp.ones(idx.shape[:1], jnp.bool_)
@@ -322,8 +361,7 @@ def _rows(g: Any, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array, int]:
   return jnp.where(valid, flat, num_rows), g.data, num_rows
 
 
-def sum_duplicates(ids: jax.Array, values: jax.Array,
-                   num_rows: int) -> tuple[jax.Array, jax.Array]:
+def sum_duplicates(ids: jax.Array, values: jax.Array, num_rows: int) -> tuple[jax.Array, jax.Array]:
   """Sums the values of repeated ids, in a static shape (Keras's ``_deduplicate_sparse_grad``).
 
   A stable sort of the ``k`` ids, then a segment sum over runs of equal ids::
@@ -347,9 +385,9 @@ def sum_duplicates(ids: jax.Array, values: jax.Array,
   return unique, summed
 
 
-
-def keras_moments(g: Any, m: jax.Array, v: jax.Array, one_minus_b1: Any,
-                  one_minus_b2: Any) -> tuple[jax.Array, jax.Array]:
+def keras_moments(
+  g: Any, m: jax.Array, v: jax.Array, one_minus_b1: Any, one_minus_b2: Any
+) -> tuple[jax.Array, jax.Array]:
   """Keras 2's sparse moment update, in its rounding; returns the new ``(m, v)``.
 
   With ``s`` the values summed per unique row (`sum_duplicates`)::

@@ -15,5 +15,8 @@ def apply_updates(params: optax.Params, updates: optax.Updates) -> optax.Params:
   unchanged instead of failing.
   """
   return jax.tree.map(
-      lambda p, u: p if p is None or u is None else jnp.asarray(p + u).astype(jnp.asarray(p).dtype),
-      params, updates, is_leaf=lambda x: x is None)
+    lambda p, u: p if p is None or u is None else jnp.asarray(p + u).astype(jnp.asarray(p).dtype),
+    params,
+    updates,
+    is_leaf=lambda x: x is None,
+  )

@@ -31,6 +31,7 @@ def exclusion_mask(patterns: Sequence[str]) -> Callable[[Any], Any]:
         return None
       name = _tree.path_str(path)
       return not any(c.search(name) for c in compiled)
+
     return jax.tree_util.tree_map_with_path(keep, tree, is_leaf=_tree.is_grad_leaf)
 
   return mask_fn
@@ -38,10 +39,13 @@ def exclusion_mask(patterns: Sequence[str]) -> Callable[[Any], Any]:
 
 class DecayedWeightsState(NamedTuple):
   """State of `add_decayed_weights` in its Keras placement (after the learning rate)."""
+
   count: jax.Array  # shape=(), dtype=int32: updates already taken (a schedule's step)
 
 
-def _decay_after_learning_rate(weight_decay: Any, learning_rate: Any) -> optax.GradientTransformation:
+def _decay_after_learning_rate(
+  weight_decay: Any, learning_rate: Any
+) -> optax.GradientTransformation:
   """Turns a learning-rate-scaled update ``u`` into Keras's ``(x - x*wd*lr) + u - x``."""
 
   def init_fn(params):
@@ -56,7 +60,9 @@ def _decay_after_learning_rate(weight_decay: Any, learning_rate: Any) -> optax.G
     def decay(u, x):
       dtype = jnp.promote_types(u.dtype, x.dtype)
       x = x.astype(dtype)
-      decayed = x - x * hyperparams.cast(weight_decay, dtype) * lr.astype(dtype)  # Keras: x - x * wd * lr
+      decayed = x - x * hyperparams.cast(weight_decay, dtype) * lr.astype(
+        dtype
+      )  # Keras: x - x * wd * lr
       return ((decayed + u.astype(dtype)) - x).astype(u.dtype)  # the Adam step from there
 
     new_state = DecayedWeightsState(count=optax.safe_increment(state.count))
@@ -65,13 +71,12 @@ def _decay_after_learning_rate(weight_decay: Any, learning_rate: Any) -> optax.G
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-
 def add_decayed_weights(
-    weight_decay: float,
-    *,
-    learning_rate: Optional[hyperparams.Hyperparam] = None,
-    exclude_from_weight_decay: Optional[Sequence[str]] = None,
-    weight_decay_mask: Optional[Mask] = None,
+  weight_decay: float,
+  *,
+  learning_rate: Optional[hyperparams.Hyperparam] = None,
+  exclude_from_weight_decay: Optional[Sequence[str]] = None,
+  weight_decay_mask: Optional[Mask] = None,
 ) -> optax.GradientTransformation:
   """Keras's decoupled weight decay, ``x <- x - x * weight_decay * lr``, except where excluded.
 
@@ -108,18 +113,23 @@ def add_decayed_weights(
   if learning_rate is not None:
     hyperparams.check_number("learning_rate", learning_rate)
   if isinstance(exclude_from_weight_decay, str):
-    raise TypeError("`exclude_from_weight_decay` must be a list of regular expressions; got "
-                    f"the single string {exclude_from_weight_decay!r} (wrap it in a list).")
+    raise TypeError(
+      "`exclude_from_weight_decay` must be a list of regular expressions; got "
+      f"the single string {exclude_from_weight_decay!r} (wrap it in a list)."
+    )
   patterns = list(exclude_from_weight_decay or [])
   for p in patterns:
     if not isinstance(p, str):
-      raise TypeError("`exclude_from_weight_decay` must be a list of strings (regular "
-                      f"expressions); got the element {hyperparams.describe(p)}.")
+      raise TypeError(
+        "`exclude_from_weight_decay` must be a list of strings (regular "
+        f"expressions); got the element {hyperparams.describe(p)}."
+      )
     try:
       re.compile(p)
     except re.error as e:
-      raise ValueError(f"`exclude_from_weight_decay` pattern {p!r} is not a valid regular "
-                       f"expression: {e}.") from None
+      raise ValueError(
+        f"`exclude_from_weight_decay` pattern {p!r} is not a valid regular expression: {e}."
+      ) from None
   if isinstance(weight_decay, (int, float)):  # Keras 2's tf.cast goes through float32
     weight_decay = float(np.float32(weight_decay))
   if learning_rate is None:

@@ -14,8 +14,10 @@ _REPORT: dict[str, str] = {}
 @pytest.fixture(scope="session")
 def report():
   """`report(name, text)` records a line shown in the terminal summary."""
+
   def add(name: str, text: str) -> None:
     _REPORT[name] = text
+
   return add
 
 

@@ -59,9 +59,16 @@ def host_batches(steps: int = STEPS) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def make_tx(learning_rate: Any = 1e-2) -> optax.GradientTransformation:
   """Every parameter-shaped state there is: mu, nu, nu_max (AMSGrad) and the EMA average."""
-  return optadam.adam(learning_rate, amsgrad=True, weight_decay=1e-2, global_clipnorm=1.0,
-                      use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=5,
-                      exclude_from_weight_decay=["bias", "LayerNorm"])
+  return optadam.adam(
+    learning_rate,
+    amsgrad=True,
+    weight_decay=1e-2,
+    global_clipnorm=1.0,
+    use_ema=True,
+    ema_momentum=0.9,
+    ema_overwrite_frequency=5,
+    exclude_from_weight_decay=["bias", "LayerNorm"],
+  )
 
 
 def loss_fn(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -73,25 +80,33 @@ def train_step(tx: optax.GradientTransformation) -> Callable[..., Any]:
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optadam.apply_updates(params, updates), opt_state, loss
+
   return step
 
 
 def param_specs(params: Any, axis: str) -> Any:
   """Shard every parameter's last dimension over `axis` where it divides; else replicate."""
+
   def spec(p):
     return P(*([None] * (p.ndim - 1)), axis) if p.ndim and p.shape[-1] % 8 == 0 else P()
+
   return jax.tree.map(spec, params)
 
 
 def param_specs_model(params: Any) -> Any:
   """For a ("data", "model") mesh: last dimension over "model" (size 4) where it divides."""
+
   def spec(p):
     return P(*([None] * (p.ndim - 1)), "model") if p.ndim and p.shape[-1] % 4 == 0 else P()
+
   return jax.tree.map(spec, params)
 
 
-def single_device_run(tx_factory: Callable[[], Any], steps: int = STEPS,
-                      before_step: Callable[[int], None] | None = None):
+def single_device_run(
+  tx_factory: Callable[[], Any],
+  steps: int = STEPS,
+  before_step: Callable[[int], None] | None = None,
+):
   """The reference: the same training on one device. Returns (params per step, final state)."""
   tx = tx_factory()
   device = jax.local_devices()[0]
@@ -102,8 +117,9 @@ def single_device_run(tx_factory: Callable[[], Any], steps: int = STEPS,
   for i, (x, y) in enumerate(host_batches(steps)):
     if before_step is not None:
       before_step(i)
-    params, opt_state, _ = step(params, opt_state, jax.device_put(x, device),
-                                jax.device_put(y, device))
+    params, opt_state, _ = step(
+      params, opt_state, jax.device_put(x, device), jax.device_put(y, device)
+    )
     history.append(jax.tree.map(np.asarray, params))
   return history, jax.tree.map(np.asarray, opt_state)
 
@@ -123,22 +139,28 @@ def worst_relative(a: Any, b: Any) -> float:
 def bitwise_equal(a: Any, b: Any) -> bool:
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   return len(la) == len(lb) and all(
-      np.asarray(x).dtype == np.asarray(y).dtype and
-      np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+    np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(la, lb)
+  )
 
 
 def params_shaped_parts(opt_state: Any) -> dict[str, Any]:
   """optadam.adam's parameter-shaped state, by name."""
-  return {"mu": opt_state.adam.mu, "nu": opt_state.adam.nu, "nu_max": opt_state.adam.nu_max,
-          "ema": opt_state.ema.ema}
+  return {
+    "mu": opt_state.adam.mu,
+    "nu": opt_state.adam.nu,
+    "nu_max": opt_state.adam.nu_max,
+    "ema": opt_state.ema.ema,
+  }
 
 
 def mismatched_shardings(opt_state: Any, params: Any) -> list[str]:
   """Paths of moments / EMA leaves whose sharding is not equivalent to their parameter's."""
   bad = []
   for name, tree in params_shaped_parts(opt_state).items():
-    for (path, leaf), p in zip(jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(params),
-                               strict=True):
+    for (path, leaf), p in zip(
+      jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(params), strict=True
+    ):
       if not leaf.sharding.is_equivalent_to(p.sharding, p.ndim):
         bad.append(f"{name}{jax.tree_util.keystr(path)}: {leaf.sharding} vs {p.sharding}")
   return bad
@@ -154,28 +176,39 @@ def shardings_match(tree: Any, shardings: Any) -> list[str]:
   return bad
 
 
-def run_scenarios(scenarios: dict[str, Callable[[], Any]], names: list[str],
-                  emit: Callable[[str], None] = print) -> int:
+def run_scenarios(
+  scenarios: dict[str, Callable[[], Any]], names: list[str], emit: Callable[[str], None] = print
+) -> int:
   """Runs the named scenarios; prints one ``RESULT {json}`` line each; returns the failures."""
   failures = 0
   for name in names:
     start = time.perf_counter()
     try:
       info = scenarios[name]() or {}
-      emit("RESULT " + json.dumps({"scenario": name, "ok": True, "info": info,
-                                   "seconds": round(time.perf_counter() - start, 2)}))
+      emit(
+        "RESULT "
+        + json.dumps(
+          {
+            "scenario": name,
+            "ok": True,
+            "info": info,
+            "seconds": round(time.perf_counter() - start, 2),
+          }
+        )
+      )
     except Exception:  # pylint: disable=broad-except
       failures += 1
-      emit("RESULT " + json.dumps({"scenario": name, "ok": False,
-                                   "error": traceback.format_exc()}))
+      emit("RESULT " + json.dumps({"scenario": name, "ok": False, "error": traceback.format_exc()}))
     sys.stdout.flush()
   return failures
 
 
-def run_saving_checkpoint(step: Callable[..., Any], state: Any, batches: list, path: str,
-                          at: int) -> list:
+def run_saving_checkpoint(
+  step: Callable[..., Any], state: Any, batches: list, path: str, at: int
+) -> list:
   """Runs `step` over the batches, saving the state with Orbax before batch `at`; every state."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   states = []
   for i, (x, y) in enumerate(batches):
     if i == at:

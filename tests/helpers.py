@@ -11,8 +11,13 @@ import numpy as np
 import optadam
 
 
-def run_optadam(tx, params0: dict[str, np.ndarray], grads: Sequence[dict[str, Any]],
-                jit: bool = True, donate: bool = False) -> tuple[list[dict[str, np.ndarray]], Any]:
+def run_optadam(
+  tx,
+  params0: dict[str, np.ndarray],
+  grads: Sequence[dict[str, Any]],
+  jit: bool = True,
+  donate: bool = False,
+) -> tuple[list[dict[str, np.ndarray]], Any]:
   """Runs `tx` over the gradient sequence; returns params after every step and the state.
 
   Gradient leaves may be numpy arrays, None, or sparse (IndexedSlices, BCOO: passed as they are).
@@ -34,10 +39,15 @@ def run_optadam(tx, params0: dict[str, np.ndarray], grads: Sequence[dict[str, An
   return history, state
 
 
-def run_keras3(kwargs: dict[str, Any], params0: dict[str, np.ndarray],
-               grads: Sequence[dict[str, Any]], exclude: Optional[Sequence[str]] = None):
+def run_keras3(
+  kwargs: dict[str, Any],
+  params0: dict[str, np.ndarray],
+  grads: Sequence[dict[str, Any]],
+  exclude: Optional[Sequence[str]] = None,
+):
   """Runs Keras 3's `keras.optimizers.Adam` (JAX backend); returns params after every step."""
   import keras  # pylint: disable=import-outside-toplevel
+
   variables = {k: keras.Variable(v, name=k.replace("/", "_")) for k, v in params0.items()}
   opt = keras.optimizers.Adam(**kwargs)
   if exclude:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=4").strip()
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+).strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,7 +38,8 @@ def _gloo_on_loopback() -> str:
 
     def factory():
       collectives = _jax.make_gloo_tcp_collectives(
-          distributed_client=distributed.global_state.client, hostname=LOOPBACK)
+        distributed_client=distributed.global_state.client, hostname=LOOPBACK
+      )
       return xla_bridge.make_cpu_client(collectives=collectives)
 
     xla_bridge.register_backend_factory("cpu", factory, priority=0, fail_quietly=False)
@@ -51,10 +53,14 @@ def main(argv: list[str]) -> int:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   transport = _gloo_on_loopback()
   jax.distributed.initialize(
-      coordinator_address=f"{LOOPBACK}:{port}",
-      coordinator_bind_address=f"{LOOPBACK}:{port}",
-      num_processes=num_processes, process_id=process_id,
-      initialization_timeout=90, heartbeat_timeout_seconds=30, shutdown_timeout_seconds=30)
+    coordinator_address=f"{LOOPBACK}:{port}",
+    coordinator_bind_address=f"{LOOPBACK}:{port}",
+    num_processes=num_processes,
+    process_id=process_id,
+    initialization_timeout=90,
+    heartbeat_timeout_seconds=30,
+    shutdown_timeout_seconds=30,
+  )
   try:
     return _run(process_id, work_dir, transport)
   finally:
@@ -111,8 +117,9 @@ def _run(process_id: int, work_dir: str, transport: str) -> int:
     step = jax.jit(dc.train_step(tx), out_shardings=(param_sh, opt_sh, replicated))
     history = []
     for x, y in dc.host_batches():
-      params, opt_state, _ = step(params, opt_state, global_array(x, batch_sh),
-                                  global_array(y, batch_sh))
+      params, opt_state, _ = step(
+        params, opt_state, global_array(x, batch_sh), global_array(y, batch_sh)
+      )
       assert not dc.shardings_match(opt_state, opt_sh)
       history.append(gather(params))
     ref_history, ref_state = single_process_reference()
@@ -149,27 +156,31 @@ def _run(process_id: int, work_dir: str, transport: str) -> int:
     opt_sh = optadam.state_shardings(tx, param_sh)
     replicated = NamedSharding(mesh, P())
     state = train_state.TrainState.create(apply_fn=dc.MODEL.apply, params=params, tx=tx)
-    state = jax.device_put(state, state.replace(step=replicated, params=param_sh,
-                                                opt_state=opt_sh))
+    state = jax.device_put(state, state.replace(step=replicated, params=param_sh, opt_state=opt_sh))
 
     @jax.jit
     def step(state, x, y):
       return state.apply_gradients(grads=jax.grad(dc.loss_fn)(state.params, x, y))
 
-    batches = [(global_array(x, batch_sh), global_array(y, batch_sh))
-               for x, y in dc.host_batches()]
+    batches = [(global_array(x, batch_sh), global_array(y, batch_sh)) for x, y in dc.host_batches()]
     half = dc.STEPS // 2
     path = os.path.join(work_dir, "ckpt")
     uninterrupted = dc.run_saving_checkpoint(step, state, batches, path, half)
     state = uninterrupted[-1]
 
     abstract_params = jax.tree.map(
-        lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params)
+      lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params
+    )
     abstract_opt = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        jax.eval_shape(tx.init, abstract_params), opt_sh)
-    target = state.replace(step=jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
-                           params=abstract_params, opt_state=abstract_opt)
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      jax.eval_shape(tx.init, abstract_params),
+      opt_sh,
+    )
+    target = state.replace(
+      step=jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
+      params=abstract_params,
+      opt_state=abstract_opt,
+    )
     restored = ocp.StandardCheckpointer().restore(path, target)
     assert not dc.shardings_match(restored.opt_state, opt_sh)
     assert spans_processes(restored.opt_state.adam.nu["Dense_1"]["kernel"])
@@ -185,11 +196,12 @@ def _run(process_id: int, work_dir: str, transport: str) -> int:
     assert err <= 1e-6, err
     return {"worst_relative_final": err}
 
-  scenarios = {"train_mesh8": scenario_train_mesh8,
-               "zero1_across_processes": scenario_zero1_across_processes,
-               "orbax_multiprocess": scenario_orbax_multiprocess}
-  print(f"process {process_id}: {jax.device_count()} devices, collectives {transport}",
-        flush=True)
+  scenarios = {
+    "train_mesh8": scenario_train_mesh8,
+    "zero1_across_processes": scenario_zero1_across_processes,
+    "orbax_multiprocess": scenario_orbax_multiprocess,
+  }
+  print(f"process {process_id}: {jax.device_count()} devices, collectives {transport}", flush=True)
   return dc.run_scenarios(scenarios, list(scenarios))
 
 

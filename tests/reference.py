@@ -14,30 +14,30 @@ import numpy as np
 
 
 def reference_adam(
-    params: dict[str, np.ndarray],
-    grads: Sequence[dict[str, Optional[np.ndarray]]],
-    *,
-    learning_rate: Any = 0.001,
-    beta_1: float = 0.9,
-    beta_2: float = 0.999,
-    epsilon: float = 1e-7,
-    amsgrad: bool = False,
-    weight_decay: Optional[float] = None,
-    exclude_from_weight_decay: Sequence[str] = (),
-    clipnorm: Optional[float] = None,
-    clipvalue: Optional[float] = None,
-    global_clipnorm: Optional[float] = None,
-    use_ema: bool = False,
-    ema_momentum: float = 0.99,
-    ema_overwrite_frequency: Optional[int] = None,
-    dtype: Any = np.float64,
+  params: dict[str, np.ndarray],
+  grads: Sequence[dict[str, Optional[np.ndarray]]],
+  *,
+  learning_rate: Any = 0.001,
+  beta_1: float = 0.9,
+  beta_2: float = 0.999,
+  epsilon: float = 1e-7,
+  amsgrad: bool = False,
+  weight_decay: Optional[float] = None,
+  exclude_from_weight_decay: Sequence[str] = (),
+  clipnorm: Optional[float] = None,
+  clipvalue: Optional[float] = None,
+  global_clipnorm: Optional[float] = None,
+  use_ema: bool = False,
+  ema_momentum: float = 0.99,
+  ema_overwrite_frequency: Optional[int] = None,
+  dtype: Any = np.float64,
 ) -> tuple[list[dict[str, np.ndarray]], dict[str, np.ndarray]]:
   """Runs Keras 2's Adam; returns (params after every step, final EMA averages)."""
   x = {k: np.asarray(v, dtype).copy() for k, v in params.items()}
   m = {k: np.zeros_like(v) for k, v in x.items()}
   v = {k: np.zeros_like(v) for k, v in x.items()}
   vhat = {k: np.zeros_like(v) for k, v in x.items()}
-  avg = {k: val.copy() for k, val in x.items()}               # EMA starts as a copy (Keras 2)
+  avg = {k: val.copy() for k, val in x.items()}  # EMA starts as a copy (Keras 2)
   history = []
   for it, step_grads in enumerate(grads):
     # 1. learning rate for this step; Keras holds a float lr in a float32 variable.
@@ -51,7 +51,7 @@ def reference_adam(
     elif global_clipnorm:
       n = np.sqrt(sum(np.sum(gk * gk) for gk in g.values()))
       with np.errstate(divide="ignore"):
-          scale = global_clipnorm * min(1.0 / n, 1.0 / global_clipnorm) + (n - n)
+        scale = global_clipnorm * min(1.0 / n, 1.0 / global_clipnorm) + (n - n)
       g = {k: gk * scale for k, gk in g.items()}
     elif clipvalue:
       g = {k: np.clip(gk, -clipvalue, clipvalue) for k, gk in g.items()}
@@ -78,9 +78,14 @@ def reference_adam(
   return history, avg
 
 
-def make_grads(shapes: dict[str, tuple[int, ...]], steps: int, seed: int = 0, scale: Any = 1.0,
-               zero_steps: Sequence[int] = (), none: Optional[Callable[[int, str], bool]] = None,
-               ) -> list[dict[str, Optional[np.ndarray]]]:
+def make_grads(
+  shapes: dict[str, tuple[int, ...]],
+  steps: int,
+  seed: int = 0,
+  scale: Any = 1.0,
+  zero_steps: Sequence[int] = (),
+  none: Optional[Callable[[int, str], bool]] = None,
+) -> list[dict[str, Optional[np.ndarray]]]:
   """Deterministic float32 gradients; `scale` may be a function of the step."""
   rng = np.random.default_rng(seed)
   out = []

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,9 +26,21 @@ import optax  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
 
 import optadam  # noqa: E402
-from dist_common import (STEPS, bitwise_equal, host_batches, host_params, make_tx,  # noqa: E402
-                         mismatched_shardings, param_specs, param_specs_model, run_scenarios,
-                         shardings_match, single_device_run, train_step, worst_relative)
+from dist_common import (
+  STEPS,
+  bitwise_equal,
+  host_batches,
+  host_params,
+  make_tx,  # noqa: E402
+  mismatched_shardings,
+  param_specs,
+  param_specs_model,
+  run_scenarios,
+  shardings_match,
+  single_device_run,
+  train_step,
+  worst_relative,
+)
 import dist_common  # noqa: E402
 
 TOL = 1e-6
@@ -75,8 +88,10 @@ def _init_contrast(kind: str):
   optax_mu = optax_state[0].mu
   on_one_device = [len(m.sharding.device_set) == 1 for m in jax.tree.leaves(optax_mu)]
   assert all(on_one_device), [m.sharding for m in jax.tree.leaves(optax_mu)]
-  optax_mismatch = sum(not m.sharding.is_equivalent_to(p.sharding, p.ndim)
-                       for m, p in zip(jax.tree.leaves(optax_mu), jax.tree.leaves(params)))
+  optax_mismatch = sum(
+    not m.sharding.is_equivalent_to(p.sharding, p.ndim)
+    for m, p in zip(jax.tree.leaves(optax_mu), jax.tree.leaves(params))
+  )
   assert optax_mismatch >= n_sharded, optax_mismatch
 
   tx = make_tx()
@@ -88,8 +103,9 @@ def _init_contrast(kind: str):
     assert bitwise_equal(state.ema.ema, params)
 
   # Abstract params: eval_shape, then jit(init, out_shardings=state_shardings(...)).
-  abstract = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding),
-                          params)
+  abstract = jax.tree.map(
+    lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params
+  )
   abstract_state = jax.eval_shape(tx.init, abstract)
   assert jax.tree.structure(abstract_state) == jax.tree.structure(tx.init(params))
   param_sh = jax.tree.map(lambda p: p.sharding, params)
@@ -102,8 +118,9 @@ def _init_contrast(kind: str):
     assert state.adam.count.sharding.is_fully_replicated
   # optax.tree_map_params builds the same tree.
   replicated = NamedSharding(jax.tree.leaves(param_sh)[0].mesh, P())
-  via_optax = optax.tree_map_params(tx, lambda _, s: s, tx.init(params), param_sh,
-                                    transform_non_params=lambda _: replicated)
+  via_optax = optax.tree_map_params(
+    tx, lambda _, s: s, tx.init(params), param_sh, transform_non_params=lambda _: replicated
+  )
   assert via_optax == optadam.state_shardings(tx, param_sh)
   return {"sharded_params": n_sharded, "optax_moments_on_one_device": optax_mismatch}
 
@@ -123,15 +140,17 @@ def _train(kind: str):
   replicated = NamedSharding(jax.tree.leaves(param_sh)[0].mesh, P())
   ref_history, ref_state = reference()
   info = {}
-  for how, step in (("propagated", jax.jit(train_step(tx))),
-                    ("pinned", jax.jit(train_step(tx),
-                                       out_shardings=(param_sh, opt_sh, replicated)))):
+  for how, step in (
+    ("propagated", jax.jit(train_step(tx))),
+    ("pinned", jax.jit(train_step(tx), out_shardings=(param_sh, opt_sh, replicated))),
+  ):
     params = params0
     opt_state = jax.jit(tx.init)(params)
     history = []
     for i, (x, y) in enumerate(host_batches()):
-      params, opt_state, _ = step(params, opt_state, jax.device_put(x, batch_sh),
-                                  jax.device_put(y, batch_sh))
+      params, opt_state, _ = step(
+        params, opt_state, jax.device_put(x, batch_sh), jax.device_put(y, batch_sh)
+      )
       bad = mismatched_shardings(opt_state, params)
       assert not bad, (how, i, bad)
       if how == "pinned":
@@ -176,8 +195,9 @@ def scenario_explicit_mesh():
     step = jax.jit(train_step(tx))
     history = []
     for i, (x, y) in enumerate(host_batches()):
-      params, opt_state, _ = step(params, opt_state, jax.device_put(x, batch_sh),
-                                  jax.device_put(y, batch_sh))
+      params, opt_state, _ = step(
+        params, opt_state, jax.device_put(x, batch_sh), jax.device_put(y, batch_sh)
+      )
       assert not shardings_match(params, param_sh), i
       assert not mismatched_shardings(opt_state, params), i
       history.append(jax.tree.map(np.asarray, params))
@@ -202,15 +222,19 @@ def scenario_zero1():
   assert opt_sh.ema.ema["Dense_1"]["kernel"].spec == P("data", "model")
   assert opt_sh.adam.count.spec == P()
   # The same from the PartitionSpecs and the mesh, and from an abstract state.
-  specs = optadam.state_shardings(jax.eval_shape(tx.init, params), param_specs_model(params),
-                                  zero1_axis="data", mesh=mesh)
+  specs = optadam.state_shardings(
+    jax.eval_shape(tx.init, params), param_specs_model(params), zero1_axis="data", mesh=mesh
+  )
   assert jax.tree.map(lambda s: s.spec, opt_sh) == specs
 
   opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
   batch_sh = NamedSharding(mesh, P("data"))
   replicated = NamedSharding(mesh, P())
-  step = jax.jit(train_step(tx), in_shardings=(param_sh, opt_sh, batch_sh, batch_sh),
-                 out_shardings=(param_sh, opt_sh, replicated))
+  step = jax.jit(
+    train_step(tx),
+    in_shardings=(param_sh, opt_sh, batch_sh, batch_sh),
+    out_shardings=(param_sh, opt_sh, replicated),
+  )
   history = []
   for x, y in host_batches():
     params, opt_state, _ = step(params, opt_state, x, y)
@@ -240,17 +264,24 @@ def scenario_shard_map_dp():
   # check_vma=False: classic shard_map semantics, where the gradient of the replicated
   # params is each device's local gradient and lax.pmean averages it. (With the default
   # check_vma=True, jax.grad already psums it over "data"; a pmean would then not divide.)
-  step = jax.jit(jax.shard_map(local_step, mesh=mesh,
-                               in_specs=(P(), P(), P("data"), P("data")),
-                               out_specs=(P(), P(), P()), check_vma=False))
+  step = jax.jit(
+    jax.shard_map(
+      local_step,
+      mesh=mesh,
+      in_specs=(P(), P(), P("data"), P("data")),
+      out_specs=(P(), P(), P()),
+      check_vma=False,
+    )
+  )
   replicated = NamedSharding(mesh, P())
   params = jax.device_put(host_params(), replicated)
   opt_state = jax.device_put(tx.init(host_params()), replicated)
   batch_sh = NamedSharding(mesh, P("data"))
   history = []
   for x, y in host_batches():
-    params, opt_state, _ = step(params, opt_state, jax.device_put(x, batch_sh),
-                                jax.device_put(y, batch_sh))
+    params, opt_state, _ = step(
+      params, opt_state, jax.device_put(x, batch_sh), jax.device_put(y, batch_sh)
+    )
     history.append(jax.tree.map(np.asarray, params))
   ref_history, ref_state = reference()
   err = worst_relative(history, ref_history)
@@ -276,8 +307,9 @@ def scenario_callable_lr():
   history = []
   for i, (x, y) in enumerate(host_batches()):
     current_lr[0] = schedule[i]
-    params, opt_state, _ = step(params, opt_state, jax.device_put(x, batch_sh),
-                                jax.device_put(y, batch_sh))
+    params, opt_state, _ = step(
+      params, opt_state, jax.device_put(x, batch_sh), jax.device_put(y, batch_sh)
+    )
     assert not mismatched_shardings(opt_state, params)
     history.append(jax.tree.map(np.asarray, params))
   assert len(traces) == 1, len(traces)
@@ -306,8 +338,7 @@ def scenario_orbax_sharded():
     grads = jax.grad(dist_common.loss_fn)(state.params, x, y)
     return state.apply_gradients(grads=grads)
 
-  batches = [(jax.device_put(x, batch_sh), jax.device_put(y, batch_sh))
-             for x, y in host_batches()]
+  batches = [(jax.device_put(x, batch_sh), jax.device_put(y, batch_sh)) for x, y in host_batches()]
   half = STEPS // 2
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "ckpt")
@@ -317,23 +348,36 @@ def scenario_orbax_sharded():
     # Key paths in the checkpoint read like the state: opt_state/adam/mu/...
     meta = ocp.StandardCheckpointer().metadata(path)
     tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
-    keys = {jax.tree_util.keystr(p, simple=True, separator="/")
-            for p, _ in jax.tree_util.tree_leaves_with_path(tree)}
-    for k in ("opt_state/adam/mu/Dense_0/kernel", "opt_state/adam/nu/LayerNorm_0/scale",
-              "opt_state/adam/nu_max/Dense_2/bias", "opt_state/adam/count",
-              "opt_state/ema/ema/Dense_1/kernel", "opt_state/learning_rate/count",
-              "params/Dense_0/kernel", "step"):
+    keys = {
+      jax.tree_util.keystr(p, simple=True, separator="/")
+      for p, _ in jax.tree_util.tree_leaves_with_path(tree)
+    }
+    for k in (
+      "opt_state/adam/mu/Dense_0/kernel",
+      "opt_state/adam/nu/LayerNorm_0/scale",
+      "opt_state/adam/nu_max/Dense_2/bias",
+      "opt_state/adam/count",
+      "opt_state/ema/ema/Dense_1/kernel",
+      "opt_state/learning_rate/count",
+      "params/Dense_0/kernel",
+      "step",
+    ):
       assert k in keys, (k, sorted(keys))
 
     # Restore into an abstract target built from the parameter shardings alone.
     abstract_params = jax.tree.map(
-        lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params)
+      lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params
+    )
     abstract_opt = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        jax.eval_shape(tx.init, abstract_params), opt_sh)
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      jax.eval_shape(tx.init, abstract_params),
+      opt_sh,
+    )
     target = state.replace(
-        step=jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P())),
-        params=abstract_params, opt_state=abstract_opt)
+      step=jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P())),
+      params=abstract_params,
+      opt_state=abstract_opt,
+    )
     restored = ocp.StandardCheckpointer().restore(path, target)
     assert isinstance(restored.opt_state, optadam.AdamState)
     assert not shardings_match(restored.opt_state, opt_sh)
@@ -349,8 +393,9 @@ def scenario_orbax_sharded():
   return {"keys": len(keys)}
 
 
-SCENARIOS = {name[len("scenario_"):]: fn for name, fn in globals().items()
-             if name.startswith("scenario_")}
+SCENARIOS = {
+  name[len("scenario_") :]: fn for name, fn in globals().items() if name.startswith("scenario_")
+}
 
 
 def main(argv: list[str]) -> int:

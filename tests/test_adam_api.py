@@ -22,16 +22,27 @@ SHAPES = {"w": (4, 3), "b": (3,)}
 
 # --- signature ---------------------------------------------------------------------------
 
+
 def test_signature_is_keras2():
   params = list(inspect.signature(optadam.adam).parameters.values())
   positional = [(p.name, p.default) for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
   assert positional == [
-      ("learning_rate", 0.001), ("beta_1", 0.9), ("beta_2", 0.999), ("epsilon", 1e-7),
-      ("amsgrad", False), ("weight_decay", None), ("clipnorm", None), ("clipvalue", None),
-      ("global_clipnorm", None), ("use_ema", False), ("ema_momentum", 0.99),
-      ("ema_overwrite_frequency", None), ("jit_compile", True), ("name", "Adam")]
-  assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD)
-             for p in params[len(positional):])
+    ("learning_rate", 0.001),
+    ("beta_1", 0.9),
+    ("beta_2", 0.999),
+    ("epsilon", 1e-7),
+    ("amsgrad", False),
+    ("weight_decay", None),
+    ("clipnorm", None),
+    ("clipvalue", None),
+    ("global_clipnorm", None),
+    ("use_ema", False),
+    ("ema_momentum", 0.99),
+    ("ema_overwrite_frequency", None),
+    ("jit_compile", True),
+    ("name", "Adam"),
+  ]
+  assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in params[len(positional) :])
 
 
 def test_positional_arguments_in_keras_order():
@@ -53,42 +64,50 @@ def test_state_is_named():
 # --- validation ----------------------------------------------------------------------------
 
 BAD = [
-    (dict(beta_1=1.0), ValueError, "beta_1"),
-    (dict(beta_1=-0.1), ValueError, "beta_1"),
-    (dict(beta_2=1.5), ValueError, "beta_2"),
-    (dict(epsilon=-1e-7), ValueError, "epsilon"),
-    (dict(learning_rate=float("nan")), ValueError, "learning_rate"),
-    (dict(learning_rate=float("inf")), ValueError, "learning_rate"),
-    (dict(learning_rate="0.1"), TypeError, "learning_rate"),
-    (dict(learning_rate=jnp.ones(3)), ValueError, "learning_rate"),
-    (dict(weight_decay=float("nan")), ValueError, "weight_decay"),
-    (dict(weight_decay="x"), TypeError, "weight_decay"),
-    (dict(clipnorm=1.0, clipvalue=1.0), ValueError, "clipnorm"),
-    (dict(clipnorm=1.0, global_clipnorm=1.0), ValueError, "global_clipnorm"),
-    (dict(clipvalue=0.5, global_clipnorm=1.0), ValueError, "clipvalue"),
-    (dict(clipnorm=-1.0), ValueError, "clipnorm"),
-    (dict(clipvalue=-1.0), ValueError, "clipvalue"),
-    (dict(global_clipnorm=-2.0), ValueError, "global_clipnorm"),
-    (dict(global_clipnorm=float("nan")), ValueError, "global_clipnorm"),
-    (dict(use_ema=True, ema_momentum=1.5), ValueError, "ema_momentum"),
-    (dict(use_ema=True, ema_momentum=-0.1), ValueError, "ema_momentum"),
-    (dict(use_ema=True, ema_overwrite_frequency=-1), ValueError, "ema_overwrite_frequency"),
-    (dict(use_ema=True, ema_overwrite_frequency=2.5), ValueError, "ema_overwrite_frequency"),
-    (dict(use_ema=True, ema_overwrite_frequency="3"), ValueError, "ema_overwrite_frequency"),
-    (dict(amsgrad="yes"), TypeError, "amsgrad"),
-    (dict(use_ema=1), TypeError, "use_ema"),
-    (dict(jit_compile=None), TypeError, "jit_compile"),
-    (dict(name=3), TypeError, "name"),
-    (dict(exclude_from_weight_decay=["bias"]), ValueError, "weight_decay"),
-    (dict(weight_decay=0.1, exclude_from_weight_decay="bias"), TypeError, "exclude_from_weight_decay"),
-    (dict(weight_decay=0.1, exclude_from_weight_decay=["("]), ValueError, "exclude_from_weight_decay"),
-    (dict(lr=0.1), ValueError, "learning_rate"),
-    (dict(decay=0.1), ValueError, "decay"),
-    (dict(gradient_aggregator=lambda g: g), ValueError, "gradient_aggregator"),
-    (dict(gradient_transformers=[]), ValueError, "gradient_transformers"),
-    (dict(momentum=0.9), TypeError, "momentum"),
-    (dict(mu_dtype="float7"), TypeError, "mu_dtype"),
-    (dict(use_ema=True, ema_style="keras4"), ValueError, "ema_style"),
+  (dict(beta_1=1.0), ValueError, "beta_1"),
+  (dict(beta_1=-0.1), ValueError, "beta_1"),
+  (dict(beta_2=1.5), ValueError, "beta_2"),
+  (dict(epsilon=-1e-7), ValueError, "epsilon"),
+  (dict(learning_rate=float("nan")), ValueError, "learning_rate"),
+  (dict(learning_rate=float("inf")), ValueError, "learning_rate"),
+  (dict(learning_rate="0.1"), TypeError, "learning_rate"),
+  (dict(learning_rate=jnp.ones(3)), ValueError, "learning_rate"),
+  (dict(weight_decay=float("nan")), ValueError, "weight_decay"),
+  (dict(weight_decay="x"), TypeError, "weight_decay"),
+  (dict(clipnorm=1.0, clipvalue=1.0), ValueError, "clipnorm"),
+  (dict(clipnorm=1.0, global_clipnorm=1.0), ValueError, "global_clipnorm"),
+  (dict(clipvalue=0.5, global_clipnorm=1.0), ValueError, "clipvalue"),
+  (dict(clipnorm=-1.0), ValueError, "clipnorm"),
+  (dict(clipvalue=-1.0), ValueError, "clipvalue"),
+  (dict(global_clipnorm=-2.0), ValueError, "global_clipnorm"),
+  (dict(global_clipnorm=float("nan")), ValueError, "global_clipnorm"),
+  (dict(use_ema=True, ema_momentum=1.5), ValueError, "ema_momentum"),
+  (dict(use_ema=True, ema_momentum=-0.1), ValueError, "ema_momentum"),
+  (dict(use_ema=True, ema_overwrite_frequency=-1), ValueError, "ema_overwrite_frequency"),
+  (dict(use_ema=True, ema_overwrite_frequency=2.5), ValueError, "ema_overwrite_frequency"),
+  (dict(use_ema=True, ema_overwrite_frequency="3"), ValueError, "ema_overwrite_frequency"),
+  (dict(amsgrad="yes"), TypeError, "amsgrad"),
+  (dict(use_ema=1), TypeError, "use_ema"),
+  (dict(jit_compile=None), TypeError, "jit_compile"),
+  (dict(name=3), TypeError, "name"),
+  (dict(exclude_from_weight_decay=["bias"]), ValueError, "weight_decay"),
+  (
+    dict(weight_decay=0.1, exclude_from_weight_decay="bias"),
+    TypeError,
+    "exclude_from_weight_decay",
+  ),
+  (
+    dict(weight_decay=0.1, exclude_from_weight_decay=["("]),
+    ValueError,
+    "exclude_from_weight_decay",
+  ),
+  (dict(lr=0.1), ValueError, "learning_rate"),
+  (dict(decay=0.1), ValueError, "decay"),
+  (dict(gradient_aggregator=lambda g: g), ValueError, "gradient_aggregator"),
+  (dict(gradient_transformers=[]), ValueError, "gradient_transformers"),
+  (dict(momentum=0.9), TypeError, "momentum"),
+  (dict(mu_dtype="float7"), TypeError, "mu_dtype"),
+  (dict(use_ema=True, ema_style="keras4"), ValueError, "ema_style"),
 ]
 
 
@@ -130,13 +149,15 @@ def test_transforms_validate_on_their_own():
 
 # --- tracing, recompilation, hyperparameter forms ------------------------------------------
 
+
 def _loss_grads(params, x):
   return jax.grad(lambda p: jnp.sum((x @ p["w"] + p["b"]) ** 2))(params)
 
 
 def test_no_recompilation_in_user_jit():
-  tx = optadam.adam(amsgrad=True, weight_decay=0.01, clipnorm=1.0, use_ema=True,
-                    ema_overwrite_frequency=2)
+  tx = optadam.adam(
+    amsgrad=True, weight_decay=0.01, clipnorm=1.0, use_ema=True, ema_overwrite_frequency=2
+  )
   params = {k: jnp.asarray(v) for k, v in make_params(SHAPES).items()}
   state = tx.init(params)
 
@@ -193,7 +214,9 @@ def test_zero_arg_callable_is_called_every_step_inside_jit():
   assert len(traces) == 1
   # with a constant gradient the Keras step size is exactly lr * sign(g) (up to epsilon)
   for lr, u in zip((0.1, 0.01, 0.5), seen):
-    np.testing.assert_allclose(u, -lr * np.array([1.0, -1.0]), rtol=1e-4)  # 1 - beta_2**t cancels in f32
+    np.testing.assert_allclose(
+      u, -lr * np.array([1.0, -1.0]), rtol=1e-4
+    )  # 1 - beta_2**t cancels in f32
 
 
 def test_zero_arg_callable_matches_reference_schedule():
@@ -221,7 +244,9 @@ def test_zero_arg_callable_matches_reference_schedule():
 
 def test_schedule_gets_step_before_increment():
   seen = []
-  tx = optadam.scale_by_learning_rate(lambda count: (jax.debug.callback(seen.append, count), 1.0)[1])
+  tx = optadam.scale_by_learning_rate(
+    lambda count: (jax.debug.callback(seen.append, count), 1.0)[1]
+  )
   state = tx.init({"w": jnp.ones(1)})
   for _ in range(3):
     _, state = tx.update({"w": jnp.ones(1)}, state)
@@ -233,7 +258,9 @@ def test_beta_schedules_and_callables_match_constant():
   params0 = make_params(SHAPES)
   grads = make_grads(SHAPES, 8)
   const, _ = run_optadam(optadam.adam(beta_1=0.8, beta_2=0.99), params0, grads)
-  sched, _ = run_optadam(optadam.adam(beta_1=lambda step: 0.8, beta_2=lambda step: 0.99), params0, grads)
+  sched, _ = run_optadam(
+    optadam.adam(beta_1=lambda step: 0.8, beta_2=lambda step: 0.99), params0, grads
+  )
   zero_arg, _ = run_optadam(optadam.adam(beta_1=lambda: 0.8, beta_2=lambda: 0.99), params0, grads)
   # arrays/callables form 1 - beta in float32 (Python floats in double): equal to ~1 ulp
   assert worst_relative(sched, const) < 1e-6
@@ -244,10 +271,14 @@ def test_beta_schedules_and_callables_match_constant():
 def test_inject_hyperparams_gives_same_numbers(static):
   params0 = make_params(SHAPES)
   grads = make_grads(SHAPES, 12)
-  kwargs = dict(amsgrad=True, weight_decay=0.01, clipnorm=1.0, use_ema=True, ema_overwrite_frequency=4)
+  kwargs = dict(
+    amsgrad=True, weight_decay=0.01, clipnorm=1.0, use_ema=True, ema_overwrite_frequency=4
+  )
   plain, _ = run_optadam(optadam.adam(1e-2, **kwargs), params0, grads)
   static_args = ("beta_1", "beta_2", "ema_momentum", "ema_overwrite_frequency") if static else ()
-  injected_tx = optax.inject_hyperparams(optadam.adam, static_args=static_args)(learning_rate=1e-2, **kwargs)
+  injected_tx = optax.inject_hyperparams(optadam.adam, static_args=static_args)(
+    learning_rate=1e-2, **kwargs
+  )
   injected, state = run_optadam(injected_tx, params0, grads)
   if static:
     assert worst_relative(injected, plain) == 0.0
@@ -282,18 +313,22 @@ def test_vmap_over_independent_problems():
   states = jax.vmap(tx.init)(params)
   updates, _ = jax.vmap(tx.update)(grads, states, params)
   for i in range(2):
-    single, _ = tx.update({"w": grads["w"][i]}, tx.init({"w": params["w"][i]}), {"w": params["w"][i]})
+    single, _ = tx.update(
+      {"w": grads["w"][i]}, tx.init({"w": params["w"][i]}), {"w": params["w"][i]}
+    )
     np.testing.assert_array_equal(updates["w"][i], single["w"])
 
 
 # --- dtypes ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64])
 def test_state_dtypes_and_shapes_are_stable(dtype):
   with jax.enable_x64(dtype == jnp.float64):
     params = {"w": jnp.ones((3, 2), dtype), "b": jnp.zeros(2, dtype)}
-    tx = optadam.adam(amsgrad=True, weight_decay=0.01, use_ema=True, ema_overwrite_frequency=2,
-                      clipnorm=1.0)
+    tx = optadam.adam(
+      amsgrad=True, weight_decay=0.01, use_ema=True, ema_overwrite_frequency=2, clipnorm=1.0
+    )
     state0 = tx.init(params)
     state = state0
     step = jax.jit(lambda p, s, g: tx.update(g, s, p))
@@ -334,11 +369,18 @@ def test_mu_nu_dtypes_and_gradient_cast():
 
 # --- None gradients ------------------------------------------------------------------------
 
+
 def test_none_gradients_skip_the_parameter_entirely():
   params0 = make_params(SHAPES)
   grads = make_grads(SHAPES, 12, none=lambda s, k: k == "b" and s % 3 == 1)
-  kwargs = dict(amsgrad=True, weight_decay=0.05, clipnorm=0.5, use_ema=True, ema_overwrite_frequency=4,
-                learning_rate=0.01)
+  kwargs = dict(
+    amsgrad=True,
+    weight_decay=0.05,
+    clipnorm=0.5,
+    use_ema=True,
+    ema_overwrite_frequency=4,
+    learning_rate=0.01,
+  )
   ours, state = run_optadam(optadam.adam(**kwargs), params0, grads)
   ref, avg = reference_adam(params0, grads, **kwargs)
   assert worst_relative(ours, ref) < 1e-6
@@ -346,14 +388,19 @@ def test_none_gradients_skip_the_parameter_entirely():
 
 
 @hypothesis.settings(max_examples=25, deadline=None)
-@hypothesis.given(pattern=st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=6),
-                  amsgrad=st.booleans())
+@hypothesis.given(
+  pattern=st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=6),
+  amsgrad=st.booleans(),
+)
 def test_none_leaves_leave_their_state_untouched(pattern, amsgrad):
   tx = optadam.adam(amsgrad=amsgrad, weight_decay=0.1, use_ema=True, ema_overwrite_frequency=2)
   params = {"a": jnp.arange(3.0), "b": -jnp.arange(2.0)}
   state = tx.init(params)
   for i, (a_none, b_none) in enumerate(pattern):
-    grads = {"a": None if a_none else jnp.full(3, 0.3 * (i + 1)), "b": None if b_none else jnp.ones(2)}
+    grads = {
+      "a": None if a_none else jnp.full(3, 0.3 * (i + 1)),
+      "b": None if b_none else jnp.ones(2),
+    }
     updates, new_state = tx.update(grads, state, params)
     for key, is_none in (("a", a_none), ("b", b_none)):
       if is_none:
@@ -369,11 +416,13 @@ def test_none_leaves_leave_their_state_untouched(pattern, amsgrad):
 
 # --- properties ----------------------------------------------------------------------------
 
+
 @hypothesis.settings(max_examples=30, deadline=None)
 @hypothesis.given(
-    seed=st.integers(0, 2**31 - 1),
-    log_scales=st.lists(st.floats(-3, 3), min_size=6, max_size=6),
-    amsgrad=st.booleans())
+  seed=st.integers(0, 2**31 - 1),
+  log_scales=st.lists(st.floats(-3, 3), min_size=6, max_size=6),
+  amsgrad=st.booleans(),
+)
 def test_invariant_to_diagonal_rescaling_when_epsilon_is_zero(seed, log_scales, amsgrad):
   """With epsilon = 0, scaling each gradient coordinate by a constant d > 0 changes nothing."""
   d = np.float32(10.0) ** np.asarray(log_scales, np.float32).reshape(2, 3)
@@ -386,7 +435,9 @@ def test_invariant_to_diagonal_rescaling_when_epsilon_is_zero(seed, log_scales, 
     u1, s1 = tx.update({"w": jnp.asarray(g)}, s1)
     u2, s2 = tx.update({"w": jnp.asarray(g * d)}, s2)
     # float32 noise relative to the tensor's scale (m near 0 cancels in m + (g - m) * 0.1)
-    np.testing.assert_allclose(u2["w"], u1["w"], rtol=2e-5, atol=2e-5 * float(np.max(np.abs(u1["w"]))))
+    np.testing.assert_allclose(
+      u2["w"], u1["w"], rtol=2e-5, atol=2e-5 * float(np.max(np.abs(u1["w"])))
+    )
 
 
 @hypothesis.settings(max_examples=20, deadline=None)
@@ -409,20 +460,25 @@ def test_standalone_building_blocks_compose_in_optax_chain():
   params0 = make_params(SHAPES)
   grads = make_grads(SHAPES, 10, scale=5.0)
   keras_order = optax.chain(
-      optadam.clip_by_tensor_norm(1.0),
-      optadam.scale_by_keras_adam(amsgrad=True),
-      optadam.scale_by_learning_rate(0.01),
-      optadam.add_decayed_weights(0.01, learning_rate=0.01, exclude_from_weight_decay=["b"]),
+    optadam.clip_by_tensor_norm(1.0),
+    optadam.scale_by_keras_adam(amsgrad=True),
+    optadam.scale_by_learning_rate(0.01),
+    optadam.add_decayed_weights(0.01, learning_rate=0.01, exclude_from_weight_decay=["b"]),
   )
   adamw_order = optax.chain(  # optax's adamw placement: the same up to rounding
-      optadam.clip_by_tensor_norm(1.0),
-      optadam.scale_by_keras_adam(amsgrad=True),
-      optadam.add_decayed_weights(0.01, exclude_from_weight_decay=["b"]),
-      optadam.scale_by_learning_rate(0.01),
+    optadam.clip_by_tensor_norm(1.0),
+    optadam.scale_by_keras_adam(amsgrad=True),
+    optadam.add_decayed_weights(0.01, exclude_from_weight_decay=["b"]),
+    optadam.scale_by_learning_rate(0.01),
   )
   a, _ = run_optadam(keras_order, params0, grads)
-  b, _ = run_optadam(optadam.adam(0.01, amsgrad=True, weight_decay=0.01, clipnorm=1.0,
-                                  exclude_from_weight_decay=["b"]), params0, grads)
+  b, _ = run_optadam(
+    optadam.adam(
+      0.01, amsgrad=True, weight_decay=0.01, clipnorm=1.0, exclude_from_weight_decay=["b"]
+    ),
+    params0,
+    grads,
+  )
   c, _ = run_optadam(adamw_order, params0, grads)
   assert worst_relative(a, b) == 0.0
   assert 0.0 < worst_relative(c, b) < 1e-6

@@ -36,34 +36,58 @@ class Case:
 
 def _keras_exp_decay():
   import keras  # pylint: disable=import-outside-toplevel
-  return keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=7, decay_rate=0.5,
-                                                     staircase=True)
+
+  return keras.optimizers.schedules.ExponentialDecay(
+    0.01, decay_steps=7, decay_rate=0.5, staircase=True
+  )
 
 
 CASES = [
-    Case("defaults", {}),
-    Case("epsilon=1.0", {"epsilon": 1.0}),
-    Case("epsilon=0.1", {"epsilon": 0.1}),
-    Case("epsilon=1e-3, tiny grads", {"epsilon": 1e-3}, scale=1e-4),
-    Case("amsgrad, shrinking grads", {"amsgrad": True, "learning_rate": 0.01}, steps=40,
-         scale=shrinking),
-    Case("amsgrad, beta_2=0.9", {"amsgrad": True, "beta_2": 0.9, "learning_rate": 0.01},
-         steps=40, scale=shrinking),
-    Case("amsgrad, epsilon=0.1", {"amsgrad": True, "epsilon": 0.1, "learning_rate": 0.01},
-         steps=40, scale=shrinking),
-    Case("weight_decay", {"weight_decay": 0.05, "learning_rate": 0.01}),
-    Case("weight_decay + exclusion", {"weight_decay": 0.05, "learning_rate": 0.01},
-         exclude=("bias", "scale")),
-    Case("clipnorm", {"clipnorm": 0.5}, scale=10.0, zero_steps=(4,)),
-    Case("global_clipnorm", {"global_clipnorm": 0.5}, scale=10.0, zero_steps=(4,)),
-    Case("global_clipnorm above norm", {"global_clipnorm": 1e3}),
-    Case("clipvalue", {"clipvalue": 0.1}, scale=10.0, zero_steps=(4,)),
-    Case("lr=0.1", {"learning_rate": 0.1}),
-    Case("schedule (Keras ExponentialDecay)", {}, keras_schedule=_keras_exp_decay,
-         ref_lr=lambda s: 0.01 * 0.5 ** (s // 7)),
-    Case("all on", {"amsgrad": True, "weight_decay": 0.01, "clipnorm": 1.0, "epsilon": 0.01},
-         steps=40, scale=shrinking, exclude=("bias",), keras_schedule=_keras_exp_decay,
-         ref_lr=lambda s: 0.01 * 0.5 ** (s // 7)),
+  Case("defaults", {}),
+  Case("epsilon=1.0", {"epsilon": 1.0}),
+  Case("epsilon=0.1", {"epsilon": 0.1}),
+  Case("epsilon=1e-3, tiny grads", {"epsilon": 1e-3}, scale=1e-4),
+  Case(
+    "amsgrad, shrinking grads", {"amsgrad": True, "learning_rate": 0.01}, steps=40, scale=shrinking
+  ),
+  Case(
+    "amsgrad, beta_2=0.9",
+    {"amsgrad": True, "beta_2": 0.9, "learning_rate": 0.01},
+    steps=40,
+    scale=shrinking,
+  ),
+  Case(
+    "amsgrad, epsilon=0.1",
+    {"amsgrad": True, "epsilon": 0.1, "learning_rate": 0.01},
+    steps=40,
+    scale=shrinking,
+  ),
+  Case("weight_decay", {"weight_decay": 0.05, "learning_rate": 0.01}),
+  Case(
+    "weight_decay + exclusion",
+    {"weight_decay": 0.05, "learning_rate": 0.01},
+    exclude=("bias", "scale"),
+  ),
+  Case("clipnorm", {"clipnorm": 0.5}, scale=10.0, zero_steps=(4,)),
+  Case("global_clipnorm", {"global_clipnorm": 0.5}, scale=10.0, zero_steps=(4,)),
+  Case("global_clipnorm above norm", {"global_clipnorm": 1e3}),
+  Case("clipvalue", {"clipvalue": 0.1}, scale=10.0, zero_steps=(4,)),
+  Case("lr=0.1", {"learning_rate": 0.1}),
+  Case(
+    "schedule (Keras ExponentialDecay)",
+    {},
+    keras_schedule=_keras_exp_decay,
+    ref_lr=lambda s: 0.01 * 0.5 ** (s // 7),
+  ),
+  Case(
+    "all on",
+    {"amsgrad": True, "weight_decay": 0.01, "clipnorm": 1.0, "epsilon": 0.01},
+    steps=40,
+    scale=shrinking,
+    exclude=("bias",),
+    keras_schedule=_keras_exp_decay,
+    ref_lr=lambda s: 0.01 * 0.5 ** (s // 7),
+  ),
 ]
 
 
@@ -93,22 +117,28 @@ def test_matches_float64_reference(case: Case, report):
   ref_kwargs = {k: v for k, v in case.kwargs.items()}
   if case.ref_lr is not None:
     ref_kwargs["learning_rate"] = case.ref_lr
-  ref, _ = reference_adam(params0, grads, exclude_from_weight_decay=case.exclude or (), **ref_kwargs)
+  ref, _ = reference_adam(
+    params0, grads, exclude_from_weight_decay=case.exclude or (), **ref_kwargs
+  )
   # optadam in float32 against the float64 reference: float32 rounding only.
   kwargs = dict(case.kwargs)
   if case.ref_lr is not None:
     kwargs["learning_rate"] = case.ref_lr
-  ours32, _ = run_optadam(optadam.adam(**kwargs, exclude_from_weight_decay=case.exclude),
-                          params0, grads)
+  ours32, _ = run_optadam(
+    optadam.adam(**kwargs, exclude_from_weight_decay=case.exclude), params0, grads
+  )
   err32 = worst_relative(ours32, ref)
   lr = kwargs.get("learning_rate", 1e-3)
-  assert err32 <= 5e-4 * (lr if isinstance(lr, float) else 1e-2), f"{case.name}: float32 vs float64 reference {err32}"
+  assert err32 <= 5e-4 * (lr if isinstance(lr, float) else 1e-2), (
+    f"{case.name}: float32 vs float64 reference {err32}"
+  )
   # optadam in float64 against the float64 reference: the same formulas.
   with jax.enable_x64(True):
     p64 = {k: v.astype(np.float64) for k, v in params0.items()}
     g64 = [{k: v.astype(np.float64) for k, v in g.items()} for g in grads]
-    ours64, state = run_optadam(optadam.adam(**kwargs, exclude_from_weight_decay=case.exclude),
-                                p64, g64)
+    ours64, state = run_optadam(
+      optadam.adam(**kwargs, exclude_from_weight_decay=case.exclude), p64, g64
+    )
     assert state.adam.mu["dense/kernel"].dtype == jnp.float64
   err64 = worst_relative(ours64, ref)
   report(f"float64 ref / {case.name}", f"f32 {err32:.2e}   f64 {err64:.2e}")
@@ -122,10 +152,12 @@ def test_tolerance_tells_epsilon_hat_from_epsilon():
   ref, _ = reference_adam(params0, grads, epsilon=1e-3)
   textbook, _ = run_optadam(optax.adam(1e-3, b1=0.9, b2=0.999, eps=1e-3), params0, grads)
   assert worst_relative(textbook, ref) > 1e-4
-  ref_ams, _ = reference_adam(params0, make_grads(SHAPES, 40, scale=shrinking), amsgrad=True,
-                              epsilon=0.1, learning_rate=0.01)
-  optax_ams, _ = run_optadam(optax.amsgrad(0.01, eps=0.1), params0,
-                             make_grads(SHAPES, 40, scale=shrinking))
+  ref_ams, _ = reference_adam(
+    params0, make_grads(SHAPES, 40, scale=shrinking), amsgrad=True, epsilon=0.1, learning_rate=0.01
+  )
+  optax_ams, _ = run_optadam(
+    optax.amsgrad(0.01, eps=0.1), params0, make_grads(SHAPES, 40, scale=shrinking)
+  )
   assert worst_relative(optax_ams, ref_ams) > 1e-4
 
 
@@ -161,24 +193,40 @@ def test_clipnorm_values():
 
 
 def test_flax_style_paths_match_exclusion():
-  params = {"params": {"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
-                       "LayerNorm_0": {"scale": jnp.ones(2), "bias": jnp.ones(2)}}}
+  params = {
+    "params": {
+      "Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+      "LayerNorm_0": {"scale": jnp.ones(2), "bias": jnp.ones(2)},
+    }
+  }
   mask = optadam.exclusion_mask(["bias", "LayerNorm"])(params)
-  assert mask == {"params": {"Dense_0": {"kernel": True, "bias": False},
-                             "LayerNorm_0": {"scale": False, "bias": False}}}
-  tx = optadam.adam(learning_rate=0.1, weight_decay=0.5, exclude_from_weight_decay=["bias", "LayerNorm"])
+  assert mask == {
+    "params": {
+      "Dense_0": {"kernel": True, "bias": False},
+      "LayerNorm_0": {"scale": False, "bias": False},
+    }
+  }
+  tx = optadam.adam(
+    learning_rate=0.1, weight_decay=0.5, exclude_from_weight_decay=["bias", "LayerNorm"]
+  )
   grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   # zero gradient: only weight decay moves kernel; excluded leaves do not move
-  np.testing.assert_allclose(updates["params"]["Dense_0"]["kernel"], -0.05 * np.ones((2, 2)), rtol=1e-6)
+  np.testing.assert_allclose(
+    updates["params"]["Dense_0"]["kernel"], -0.05 * np.ones((2, 2)), rtol=1e-6
+  )
   np.testing.assert_array_equal(updates["params"]["Dense_0"]["bias"], np.zeros(2))
   np.testing.assert_array_equal(updates["params"]["LayerNorm_0"]["scale"], np.zeros(2))
 
 
 def test_weight_decay_mask_combines_with_exclusion():
   params = {"a": jnp.ones(2), "b": jnp.ones(2), "bias": jnp.ones(2)}
-  tx = optadam.adam(learning_rate=1.0, weight_decay=0.5, exclude_from_weight_decay=["bias"],
-                    weight_decay_mask={"a": True, "b": False, "bias": True})
+  tx = optadam.adam(
+    learning_rate=1.0,
+    weight_decay=0.5,
+    exclude_from_weight_decay=["bias"],
+    weight_decay_mask={"a": True, "b": False, "bias": True},
+  )
   updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
   np.testing.assert_allclose(updates["a"], -0.5 * np.ones(2))
   np.testing.assert_array_equal(updates["b"], np.zeros(2))

@@ -38,8 +38,14 @@ def test_short_run_learns_and_writes_plot(tmp_path, capsys):
 
 def test_module_cli_runs(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  proc = subprocess.run([sys.executable, "-m", "optadam.demo", "--epochs", "1", "--out", str(tmp_path)],
-                        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+  proc = subprocess.run(
+    [sys.executable, "-m", "optadam.demo", "--epochs", "1", "--out", str(tmp_path)],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=tmp_path,
+    env=env,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "validation accuracy" in proc.stdout.lower()
   assert "final train loss" in proc.stdout.lower()

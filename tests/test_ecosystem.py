@@ -24,7 +24,6 @@ from reference import reference_adam
 
 
 class LinenNet(nn.Module):
-
   @nn.compact
   def __call__(self, x):
     x = nn.relu(nn.LayerNorm()(nn.Dense(8)(x)))
@@ -32,7 +31,6 @@ class LinenNet(nn.Module):
 
 
 class NnxNet(nnx.Module):
-
   def __init__(self, rngs):
     self.dense = nnx.Linear(4, 8, rngs=rngs)
     self.norm = nnx.LayerNorm(8, rngs=rngs)
@@ -104,13 +102,23 @@ def linen_loss(params, x, y):
 def test_linen_paths_are_matched_by_user_patterns():
   mask = flat(optadam.exclusion_mask(EXCLUDE)(LINEN_VARS))
   assert mask == {
-      "params/Dense_0/bias": False, "params/Dense_0/kernel": True,
-      "params/Dense_1/bias": False, "params/Dense_1/kernel": True,
-      "params/LayerNorm_0/bias": False, "params/LayerNorm_0/scale": False}
+    "params/Dense_0/bias": False,
+    "params/Dense_0/kernel": True,
+    "params/Dense_1/bias": False,
+    "params/Dense_1/kernel": True,
+    "params/LayerNorm_0/bias": False,
+    "params/LayerNorm_0/scale": False,
+  }
   # The usual TrainState holds variables["params"]: the paths lose "params/", same verdicts.
   mask = flat(optadam.exclusion_mask(EXCLUDE)(LINEN_VARS["params"]))
-  assert mask == {"Dense_0/bias": False, "Dense_0/kernel": True, "Dense_1/bias": False,
-                  "Dense_1/kernel": True, "LayerNorm_0/bias": False, "LayerNorm_0/scale": False}
+  assert mask == {
+    "Dense_0/bias": False,
+    "Dense_0/kernel": True,
+    "Dense_1/bias": False,
+    "Dense_1/kernel": True,
+    "LayerNorm_0/bias": False,
+    "LayerNorm_0/scale": False,
+  }
 
 
 @pytest.mark.parametrize("whole_variables", [False, True])
@@ -119,8 +127,10 @@ def test_linen_trainstate_weight_decay_exclusion_numbers(whole_variables):
   lr, wd = 0.1, 0.05
   params = LINEN_VARS if whole_variables else LINEN_VARS["params"]
   state = train_state.TrainState.create(
-      apply_fn=LINEN.apply, params=params,
-      tx=optadam.adam(lr, weight_decay=wd, exclude_from_weight_decay=EXCLUDE))
+    apply_fn=LINEN.apply,
+    params=params,
+    tx=optadam.adam(lr, weight_decay=wd, exclude_from_weight_decay=EXCLUDE),
+  )
   new = state.apply_gradients(grads=jax.tree.map(jnp.zeros_like, params))
   before, after = flat(params), flat(new.params)
   for name, x in before.items():
@@ -150,8 +160,7 @@ def _linen_train(tx, steps=6):
 
 
 def test_linen_trainstate_training_with_ema_matches_spec_and_plain_loop():
-  kwargs = dict(learning_rate=1e-2, weight_decay=0.1, amsgrad=True, use_ema=True,
-                ema_momentum=0.8)
+  kwargs = dict(learning_rate=1e-2, weight_decay=0.1, amsgrad=True, use_ema=True, ema_momentum=0.8)
   tx = optadam.adam(**kwargs, exclude_from_weight_decay=EXCLUDE)
   history, grads, state = _linen_train(tx)
 
@@ -165,8 +174,11 @@ def test_linen_trainstate_training_with_ema_matches_spec_and_plain_loop():
 
   # And the float64 transcription of the spec, with Keras-style name exclusion.
   ref_hist, ref_avg = reference_adam(
-      flat(LINEN_VARS["params"]), [flat(g) for g in grads], **kwargs,
-      exclude_from_weight_decay=EXCLUDE)
+    flat(LINEN_VARS["params"]),
+    [flat(g) for g in grads],
+    **kwargs,
+    exclude_from_weight_decay=EXCLUDE,
+  )
   for h, r in zip(history, ref_hist):
     assert_trees_close(flat(h), r, rtol=2e-5)
   ema = optadam.ema_params(state.opt_state)
@@ -186,7 +198,8 @@ def test_linen_trainstate_inject_hyperparams_changes_lr_without_recompiling():
   lrs = [1e-2, 1e-2, 5e-3, 2e-2, 1e-3]
   static = ("beta_1", "beta_2", "epsilon", "ema_momentum")  # Python floats, as the plain call
   tx = optax.inject_hyperparams(optadam.adam, static_args=static)(
-      learning_rate=lrs[0], weight_decay=0.1, use_ema=True)
+    learning_rate=lrs[0], weight_decay=0.1, use_ema=True
+  )
   state = train_state.TrainState.create(apply_fn=LINEN.apply, params=LINEN_VARS["params"], tx=tx)
 
   @jax.jit
@@ -200,17 +213,27 @@ def test_linen_trainstate_inject_hyperparams_changes_lr_without_recompiling():
     state = step(state, x, y)
     history.append(state.params)
   plain, _, plain_state = _linen_train(
-      optadam.adam(lambda count: jnp.asarray(lrs)[count], weight_decay=0.1, use_ema=True),
-      steps=len(lrs))
+    optadam.adam(lambda count: jnp.asarray(lrs)[count], weight_decay=0.1, use_ema=True),
+    steps=len(lrs),
+  )
   for h, p in zip(history, plain):
     assert_same_numbers(h, p)
-  assert_same_numbers(optadam.ema_params(state.opt_state), optadam.ema_params(plain_state.opt_state))
+  assert_same_numbers(
+    optadam.ema_params(state.opt_state), optadam.ema_params(plain_state.opt_state)
+  )
 
 
 def test_orbax_trainstate_checkpoint_resume_bitwise(tmp_path):
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  tx = optadam.adam(1e-2, amsgrad=True, weight_decay=0.1, use_ema=True, ema_overwrite_frequency=3,
-                    exclude_from_weight_decay=EXCLUDE)
+
+  tx = optadam.adam(
+    1e-2,
+    amsgrad=True,
+    weight_decay=0.1,
+    use_ema=True,
+    ema_overwrite_frequency=3,
+    exclude_from_weight_decay=EXCLUDE,
+  )
   state = train_state.TrainState.create(apply_fn=LINEN.apply, params=LINEN_VARS["params"], tx=tx)
 
   @jax.jit
@@ -229,15 +252,23 @@ def test_orbax_trainstate_checkpoint_resume_bitwise(tmp_path):
   with ocp.StandardCheckpointer() as ckptr:
     meta = ckptr.metadata(path)
     tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
-    keys = {jax.tree_util.keystr(p, simple=True, separator="/")
-            for p, _ in jax.tree_util.tree_leaves_with_path(tree)}
-    assert {"step", "params/Dense_0/kernel", "opt_state/adam/count",
-            "opt_state/adam/mu/Dense_0/kernel", "opt_state/adam/nu/LayerNorm_0/scale",
-            "opt_state/adam/nu_max/Dense_1/bias", "opt_state/learning_rate/count",
-            "opt_state/ema/count", "opt_state/ema/ema/Dense_1/kernel"} <= keys, sorted(keys)
+    keys = {
+      jax.tree_util.keystr(p, simple=True, separator="/")
+      for p, _ in jax.tree_util.tree_leaves_with_path(tree)
+    }
+    assert {
+      "step",
+      "params/Dense_0/kernel",
+      "opt_state/adam/count",
+      "opt_state/adam/mu/Dense_0/kernel",
+      "opt_state/adam/nu/LayerNorm_0/scale",
+      "opt_state/adam/nu_max/Dense_1/bias",
+      "opt_state/learning_rate/count",
+      "opt_state/ema/count",
+      "opt_state/ema/ema/Dense_1/kernel",
+    } <= keys, sorted(keys)
     # Restore into the fresh state's structure (a new run's TrainState.create).
-    fresh = train_state.TrainState.create(apply_fn=LINEN.apply, params=LINEN_VARS["params"],
-                                          tx=tx)
+    fresh = train_state.TrainState.create(apply_fn=LINEN.apply, params=LINEN_VARS["params"], tx=tx)
     restored = ckptr.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, fresh))
   assert isinstance(restored.opt_state, optadam.AdamState) and int(restored.step) == 3
   for i, (x, y) in enumerate(data[3:]):
@@ -259,16 +290,22 @@ def test_nnx_paths_are_matched_by_user_patterns():
   model = NnxNet(nnx.Rngs(0))
   params = nnx.as_pure(nnx.state(model, nnx.Param))  # what nnx.Optimizer passes to tx.update
   assert flat(optadam.exclusion_mask(NNX_EXCLUDE)(params)) == {
-      "dense/bias": False, "dense/kernel": True, "head/bias": False, "head/kernel": True,
-      "norm/bias": False, "norm/scale": False}
+    "dense/bias": False,
+    "dense/kernel": True,
+    "head/bias": False,
+    "head/kernel": True,
+    "norm/bias": False,
+    "norm/scale": False,
+  }
 
 
 def test_nnx_optimizer_weight_decay_exclusion_numbers():
   lr, wd = 0.1, 0.05
   model = NnxNet(nnx.Rngs(0))
   before = flat(nnx.as_pure(nnx.state(model, nnx.Param)))
-  opt = nnx.Optimizer(model, optadam.adam(lr, weight_decay=wd,
-                                          exclude_from_weight_decay=NNX_EXCLUDE), wrt=nnx.Param)
+  opt = nnx.Optimizer(
+    model, optadam.adam(lr, weight_decay=wd, exclude_from_weight_decay=NNX_EXCLUDE), wrt=nnx.Param
+  )
   zeros = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
   opt.update(model, zeros)
   after = flat(nnx.as_pure(nnx.state(model, nnx.Param)))
@@ -280,8 +317,14 @@ def test_nnx_optimizer_weight_decay_exclusion_numbers():
 
 
 def test_nnx_optimizer_training_with_ema_matches_plain_loop():
-  tx = optadam.adam(1e-2, weight_decay=0.1, use_ema=True, ema_momentum=0.8,
-                    ema_overwrite_frequency=4, exclude_from_weight_decay=NNX_EXCLUDE)
+  tx = optadam.adam(
+    1e-2,
+    weight_decay=0.1,
+    use_ema=True,
+    ema_momentum=0.8,
+    ema_overwrite_frequency=4,
+    exclude_from_weight_decay=NNX_EXCLUDE,
+  )
   model = NnxNet(nnx.Rngs(0))
   params = nnx.as_pure(nnx.state(model, nnx.Param))
   opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -312,8 +355,12 @@ def test_nnx_optimizer_training_with_ema_matches_plain_loop():
   assert_trees_equal(nnx.as_pure(nnx.state(model, nnx.Param)), trained)
   ema_loss = float(nnx_loss(eval_model, x, y))
   # Finalize into the model (Keras's end of fit).
-  nnx.update(model, optadam.finalize_variable_values(nnx.as_pure(nnx.state(model, nnx.Param)),
-                                                     nnx.as_pure(opt.opt_state)))
+  nnx.update(
+    model,
+    optadam.finalize_variable_values(
+      nnx.as_pure(nnx.state(model, nnx.Param)), nnx.as_pure(opt.opt_state)
+    ),
+  )
   assert_trees_equal(nnx.as_pure(nnx.state(model, nnx.Param)), ema)
   assert float(nnx_loss(model, x, y)) == ema_loss
 
@@ -325,18 +372,23 @@ SHAPES = {"enc": {"w": (3, 4), "b": (4,)}, "head": {"w": (4, 2), "b": (2,)}}
 
 def make_params(seed=1):
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32), SHAPES,
-                      is_leaf=lambda s: isinstance(s, tuple))
+  return jax.tree.map(
+    lambda s: jnp.asarray(rng.normal(size=s), jnp.float32),
+    SHAPES,
+    is_leaf=lambda s: isinstance(s, tuple),
+  )
 
 
 def make_grads(n, seed=0, dyadic=False):
   rng = np.random.default_rng(seed)
   out = []
   for _ in range(n):
+
     def one(s):
       g = rng.normal(size=s)
       g = np.round(g * 8) / 8 if dyadic else g  # multiples of 1/8: sums and halves are exact
       return jnp.asarray(g, jnp.float32)
+
     out.append(jax.tree.map(one, SHAPES, is_leaf=lambda s: isinstance(s, tuple)))
   return out
 
@@ -347,9 +399,11 @@ _STEPS = {}
 def _jitted_step(tx):
   """One compiled step per optimizer object (shared by the runs that use it)."""
   if id(tx) not in _STEPS:
+
     def step(params, state, g):
       updates, state = tx.update(g, state, params)
       return optadam.apply_updates(params, updates), state
+
     _STEPS[id(tx)] = (tx, jax.jit(step))  # keeps tx alive, so its id is not reused
   return _STEPS[id(tx)][1]
 
@@ -418,8 +472,9 @@ def test_multisteps_equals_optadam_on_averaged_gradients(use_ema):
   kw = dict(ADAM_KW, use_ema=use_ema)
   grads = make_grads(3 * k, dyadic=True)
   multi, multi_state = run(optax.MultiSteps(optadam.adam(**kw), every_k_schedule=k), grads)
-  averaged = [jax.tree.map(lambda *gs: sum(gs) / k, *grads[i:i + k])
-              for i in range(0, len(grads), k)]
+  averaged = [
+    jax.tree.map(lambda *gs: sum(gs) / k, *grads[i : i + k]) for i in range(0, len(grads), k)
+  ]
   plain, plain_state = run(optadam.adam(**kw), averaged)
   params0 = make_params()
   for i, h in enumerate(multi):
@@ -438,8 +493,9 @@ def test_apply_if_finite_skips_nan_step():
   tx = optax.apply_if_finite(optadam.adam(**ADAM_KW), max_consecutive_errors=3)
   params = make_params()
   state = tx.init(params)
-  step = jax.jit(lambda p, s, g: (lambda u, s: (optadam.apply_updates(p, u), s))(
-      *tx.update(g, s, p)))
+  step = jax.jit(
+    lambda p, s, g: (lambda u, s: (optadam.apply_updates(p, u), s))(*tx.update(g, s, p))
+  )
   history = []
   for i, g in enumerate(grads[:2] + [bad] + grads[2:]):
     before_params, before_state = params, state
@@ -465,8 +521,9 @@ def test_partition_frozen_layers_do_not_move_and_hold_no_state():
   for h in history:
     assert_trees_equal(h["enc"], params0["enc"])
   # The trainable part equals optadam on that sub-tree alone.
-  plain, plain_state = run(optadam.adam(**ADAM_KW), [{"head": g["head"]} for g in grads],
-                           params={"head": params0["head"]})
+  plain, plain_state = run(
+    optadam.adam(**ADAM_KW), [{"head": g["head"]} for g in grads], params={"head": params0["head"]}
+  )
   for h, p in zip(history, plain):
     assert_same_numbers(h["head"], p["head"])
   inner = state.inner_states["train"].inner_state
@@ -510,9 +567,13 @@ def test_tree_map_params_over_adam_state():
     assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(tree))
   assert cast.adam.count.dtype == jnp.int32
   # Shapes as a PartitionSpec-like tree, non-params replaced.
-  shapes = optax.tree_map_params(tx, lambda p: p.shape, state,
-                                 transform_non_params=lambda _: "scalar",
-                                 is_leaf=lambda x: isinstance(x, jax.Array))
+  shapes = optax.tree_map_params(
+    tx,
+    lambda p: p.shape,
+    state,
+    transform_non_params=lambda _: "scalar",
+    is_leaf=lambda x: isinstance(x, jax.Array),
+  )
   assert shapes.adam.mu["enc"]["w"] == (3, 4) and shapes.ema.ema["head"]["b"] == (2,)
   assert shapes.adam.count == "scalar" and shapes.learning_rate.count == "scalar"
 
@@ -532,13 +593,17 @@ def test_vmap_over_independent_problems():
     return optadam.apply_updates(p, u), s
 
   for t in range(4):
-    stacked_params, state = step(stacked_params, state,
-                                 jax.tree.map(lambda *x: jnp.stack(x), *[g[t] for g in grads]))
+    stacked_params, state = step(
+      stacked_params, state, jax.tree.map(lambda *x: jnp.stack(x), *[g[t] for g in grads])
+    )
   for b in range(batch):
     single, single_state = run(tx, grads[b], params=params[b])
     assert_trees_close(jax.tree.map(lambda x: x[b], stacked_params), single[-1], rtol=1e-6)
-    assert_trees_close(jax.tree.map(lambda x: x[b], optadam.ema_params(state)),
-                       optadam.ema_params(single_state), rtol=1e-6)
+    assert_trees_close(
+      jax.tree.map(lambda x: x[b], optadam.ema_params(state)),
+      optadam.ema_params(single_state),
+      rtol=1e-6,
+    )
 
 
 def test_zero_arg_callable_lr_in_trainstate():
@@ -553,7 +618,8 @@ def test_zero_arg_callable_lr_in_trainstate():
     current[0] = lr
     state = step(state, x, y)
     history.append(state.params)
-  plain, _, _ = _linen_train(optadam.adam(lambda count: jnp.asarray(lrs)[count],
-                                          weight_decay=0.1), steps=3)
+  plain, _, _ = _linen_train(
+    optadam.adam(lambda count: jnp.asarray(lrs)[count], weight_decay=0.1), steps=3
+  )
   for a, b in zip(history, plain):
     assert_same_numbers(a, b)

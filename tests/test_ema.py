@@ -30,11 +30,15 @@ def test_spec_worked_example():
 
 
 @pytest.mark.parametrize("freq", [None, 1, 3, 7])
-@pytest.mark.parametrize("extras", [{}, {"amsgrad": True, "weight_decay": 0.02}], ids=["plain", "amsgrad+wd"])
+@pytest.mark.parametrize(
+  "extras", [{}, {"amsgrad": True, "weight_decay": 0.02}], ids=["plain", "amsgrad+wd"]
+)
 def test_matches_float64_reference(freq, extras, report):
   params0 = make_params(SHAPES)
   grads = make_grads(SHAPES, 28, seed=3)
-  kwargs = dict(learning_rate=0.01, use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=freq, **extras)
+  kwargs = dict(
+    learning_rate=0.01, use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=freq, **extras
+  )
   ref, ref_avg = reference_adam(params0, grads, **kwargs)
   ours, state = run_optadam(optadam.adam(**kwargs), params0, grads)
   err = worst_relative(ours, ref)
@@ -49,15 +53,28 @@ def test_matches_float64_reference(freq, extras, report):
 def test_keras3_style_matches_keras3(freq, report):
   params0 = make_params(SHAPES)
   grads = make_grads(SHAPES, 25, seed=4, none=lambda s, k: k == "out" and s % 4 == 2)
-  kwargs = dict(learning_rate=0.01, use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=freq,
-                amsgrad=True, weight_decay=0.01)
+  kwargs = dict(
+    learning_rate=0.01,
+    use_ema=True,
+    ema_momentum=0.9,
+    ema_overwrite_frequency=freq,
+    amsgrad=True,
+    weight_decay=0.01,
+  )
   keras_hist, opt, variables = run_keras3(kwargs, params0, grads)
   ours, state = run_optadam(optadam.adam(**kwargs, ema_style="keras3"), params0, grads)
   err, ulps = worst_relative(ours, keras_hist), worst_ulps(ours, keras_hist)
   # Keras 3's averages, in its variable order
-  keras_avg = {k: np.asarray(a.value) for k, a in zip(variables, opt._model_variables_moving_average)}  # pylint: disable=protected-access
-  avg_err = worst_relative([{k: np.asarray(v) for k, v in optadam.ema_params(state).items()}], [keras_avg])
-  report(f"keras3 / ema_style=keras3 freq={freq}", f"max rel err {err:.2e} ({ulps:.1f} ulp), averages {avg_err:.2e}")
+  keras_avg = {
+    k: np.asarray(a.value) for k, a in zip(variables, opt._model_variables_moving_average)
+  }  # pylint: disable=protected-access
+  avg_err = worst_relative(
+    [{k: np.asarray(v) for k, v in optadam.ema_params(state).items()}], [keras_avg]
+  )
+  report(
+    f"keras3 / ema_style=keras3 freq={freq}",
+    f"max rel err {err:.2e} ({ulps:.1f} ulp), averages {avg_err:.2e}",
+  )
   assert err < 1e-6 and avg_err < 1e-6
   # ...and the default (Keras 2) seeding gives measurably different averages
   _, keras2_state = run_optadam(optadam.adam(**kwargs), params0, grads)
@@ -68,10 +85,16 @@ def test_keras3_style_matches_keras3(freq, report):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_overwrite_lands_exactly_on_the_average(dtype):
   # large parameters with a tiny average: avg - x rounds, the stored average follows the params
-  params = {"big": jnp.full((5,), 1000.0, dtype), "mixed": jnp.asarray([1e-3, -3.0, 7.0, 0.0, 2.5], dtype)}
+  params = {
+    "big": jnp.full((5,), 1000.0, dtype),
+    "mixed": jnp.asarray([1e-3, -3.0, 7.0, 0.0, 2.5], dtype),
+  }
   tx = optax.chain(optax.sgd(1.0), optadam.parameter_ema(0.1, 2))
   state = tx.init(params)
-  grads = {"big": jnp.full((5,), 1000.0 - 1e-4, dtype), "mixed": jnp.asarray([1.0, -2.0, 3.0, 0.1, -4.0], dtype)}
+  grads = {
+    "big": jnp.full((5,), 1000.0 - 1e-4, dtype),
+    "mixed": jnp.asarray([1.0, -2.0, 3.0, 0.1, -4.0], dtype),
+  }
   for step in range(6):
     updates, state = tx.update(grads, state, params)
     params = optax.apply_updates(params, updates)
@@ -83,11 +106,11 @@ def test_overwrite_lands_exactly_on_the_average(dtype):
 
 def _nested(tx):
   return {
-      "plain": tx,
-      "chain": optax.chain(optax.identity(), tx),
-      "inject": optax.inject_hyperparams(optadam.adam)(learning_rate=0.01, use_ema=True),
-      "multisteps": optax.MultiSteps(tx, every_k_schedule=2),
-      "apply_if_finite": optax.apply_if_finite(tx, max_consecutive_errors=3),
+    "plain": tx,
+    "chain": optax.chain(optax.identity(), tx),
+    "inject": optax.inject_hyperparams(optadam.adam)(learning_rate=0.01, use_ema=True),
+    "multisteps": optax.MultiSteps(tx, every_k_schedule=2),
+    "apply_if_finite": optax.apply_if_finite(tx, max_consecutive_errors=3),
   }
 
 
@@ -111,15 +134,22 @@ def test_multisteps_with_ema_equals_adam_on_mean_gradient():
   params0 = make_params(SHAPES)
   micro = make_grads(SHAPES, 12, seed=5)
   kwargs = dict(learning_rate=0.01, use_ema=True, ema_momentum=0.8, ema_overwrite_frequency=2)
-  multi, state = run_optadam(optax.MultiSteps(optadam.adam(**kwargs), every_k_schedule=3), params0, micro)
-  mean = [{k: np.mean([micro[i + j][k] for j in range(3)], axis=0) for k in SHAPES} for i in range(0, 12, 3)]
+  multi, state = run_optadam(
+    optax.MultiSteps(optadam.adam(**kwargs), every_k_schedule=3), params0, micro
+  )
+  mean = [
+    {k: np.mean([micro[i + j][k] for j in range(3)], axis=0) for k in SHAPES}
+    for i in range(0, 12, 3)
+  ]
   ref, ref_avg = reference_adam(params0, mean, **kwargs)
   assert worst_relative(multi[2::3], ref) < 1e-6
   assert worst_relative([optadam.ema_params(state)], [ref_avg]) < 1e-6
 
 
 def test_apply_if_finite_skips_nan_steps_including_the_average():
-  tx = optax.apply_if_finite(optadam.adam(learning_rate=0.1, use_ema=True, ema_overwrite_frequency=1), 5)
+  tx = optax.apply_if_finite(
+    optadam.adam(learning_rate=0.1, use_ema=True, ema_overwrite_frequency=1), 5
+  )
   params = {"w": jnp.ones(2)}
   state = tx.init(params)
   updates, state = tx.update({"w": jnp.ones(2)}, state, params)

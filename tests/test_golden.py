@@ -22,8 +22,12 @@ from reference import reference_adam
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 SCENARIOS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(GOLDEN, "*.json")))
-DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "float16": jnp.float16,
-          "bfloat16": jnp.bfloat16}
+DTYPES = {
+  "float32": jnp.float32,
+  "float64": jnp.float64,
+  "float16": jnp.float16,
+  "bfloat16": jnp.bfloat16,
+}
 
 
 class Golden:
@@ -40,8 +44,10 @@ class Golden:
 
   def params(self, key: str = "init") -> dict[str, Any]:
     fmt = "param_{i}_init" if key == "init" else "param_{key}_{i}"
-    return {n: jnp.asarray(self.z[fmt.format(i=i, key=key)], d)
-            for i, (n, d) in enumerate(zip(self.names, self.dtypes))}
+    return {
+      n: jnp.asarray(self.z[fmt.format(i=i, key=key)], d)
+      for i, (n, d) in enumerate(zip(self.names, self.dtypes))
+    }
 
   def grads(self, s: int) -> dict[str, Any]:
     out = {}
@@ -50,9 +56,10 @@ class Golden:
         out[n] = jnp.asarray(self.z[f"grad_{s}_{i}"], d)
       elif f"grad_{s}_{i}_values" in self.z:
         out[n] = optadam.IndexedSlices(
-            jnp.asarray(self.z[f"grad_{s}_{i}_values"], d),
-            jnp.asarray(self.z[f"grad_{s}_{i}_indices"], jnp.int32),
-            tuple(int(x) for x in self.z[f"grad_{s}_{i}_dense_shape"]))
+          jnp.asarray(self.z[f"grad_{s}_{i}_values"], d),
+          jnp.asarray(self.z[f"grad_{s}_{i}_indices"], jnp.int32),
+          tuple(int(x) for x in self.z[f"grad_{s}_{i}_dense_shape"]),
+        )
       else:
         out[n] = None
     return out
@@ -70,7 +77,9 @@ class Golden:
 
 
 def run(tx, golden: Golden, params, state, steps) -> tuple[list[dict[str, np.ndarray]], Any]:
-  step = jax.jit(lambda p, s, g: (lambda u, s2: (optadam.apply_updates(p, u), s2))(*tx.update(g, s, p)))
+  step = jax.jit(
+    lambda p, s, g: (lambda u, s2: (optadam.apply_updates(p, u), s2))(*tx.update(g, s, p))
+  )
   hist = []
   for s in steps:
     params, state = step(params, state, golden.grads(s))
@@ -84,8 +93,9 @@ def _compare(name: str, build: str):
     if build == "kwargs":
       tx = optadam.adam(**g.kwargs())
     else:
-      tx = optadam.from_keras_config(g.meta["config"],
-                                     exclude_from_weight_decay=g.meta["exclude_from_weight_decay"])
+      tx = optadam.from_keras_config(
+        g.meta["config"], exclude_from_weight_decay=g.meta["exclude_from_weight_decay"]
+      )
     params = g.params()
     ours, state = run(tx, g, params, tx.init(params), range(g.steps))
     final = optadam.finalize_variable_values(jax.tree.map(jnp.asarray, ours[-1]), state)
@@ -93,7 +103,9 @@ def _compare(name: str, build: str):
   return g, ours, theirs, final
 
 
-FLOAT_SCENARIOS = [n for n in SCENARIOS if not (n.startswith("float16") or n.startswith("bfloat16"))]
+FLOAT_SCENARIOS = [
+  n for n in SCENARIOS if not (n.startswith("float16") or n.startswith("bfloat16"))
+]
 
 
 @pytest.mark.parametrize("name", FLOAT_SCENARIOS)
@@ -166,17 +178,23 @@ def test_float16_moments_underflow_like_keras_unless_kept_in_float32(report):
   same artifact; with mu_dtype/nu_dtype=float32 it follows exact Adam closely."""
   g = Golden("float16")
   params0 = {n: g.z[f"param_{i}_init"].astype(np.float64) for i, n in enumerate(g.names)}
-  grads = [{n: g.z[f"grad_{s}_{i}"].astype(np.float64) for i, n in enumerate(g.names)}
-           for s in range(g.steps)]
+  grads = [
+    {n: g.z[f"grad_{s}_{i}"].astype(np.float64) for i, n in enumerate(g.names)}
+    for s in range(g.steps)
+  ]
   exact, _ = reference_adam(params0, grads)
   theirs = [g.expected(s) for s in range(g.steps)]
   tx = optadam.adam(mu_dtype=jnp.float32, nu_dtype=jnp.float32)
   params = g.params()
   ours32, _ = run(tx, g, params, tx.init(params), range(g.steps))
   _, ours_default, _, _ = _compare("float16", "kwargs")
-  err_keras, err_default, err_f32 = (worst_relative(x, exact) for x in (theirs, ours_default, ours32))
-  report("tf2.15 golden / float16 vs exact Adam",
-         f"keras2 {err_keras:.2e}  optadam default {err_default:.2e}  optadam f32 moments {err_f32:.2e}")
+  err_keras, err_default, err_f32 = (
+    worst_relative(x, exact) for x in (theirs, ours_default, ours32)
+  )
+  report(
+    "tf2.15 golden / float16 vs exact Adam",
+    f"keras2 {err_keras:.2e}  optadam default {err_default:.2e}  optadam f32 moments {err_f32:.2e}",
+  )
   assert err_keras > 0.1 and err_default > 0.1  # the underflow artifact, in both
   assert err_f32 < 5e-3  # float16 parameter rounding only
 
@@ -188,23 +206,42 @@ def test_configs_round_trip():
     out = optadam.get_config(tx)
     assert json.loads(json.dumps(out)) == out
     assert out == cfg, name
-    wrapped = {"module": "keras.optimizers", "class_name": "Adam", "config": cfg, "registered_name": None}
+    wrapped = {
+      "module": "keras.optimizers",
+      "class_name": "Adam",
+      "config": cfg,
+      "registered_name": None,
+    }
     assert optadam.get_config(optadam.from_keras_config(wrapped)) == cfg
 
 
 def test_keras3_config_round_trip():
   import keras  # pylint: disable=import-outside-toplevel
-  k3 = keras.optimizers.Adam(learning_rate=0.01, amsgrad=True, weight_decay=0.004, clipnorm=1.0,
-                             use_ema=True, ema_overwrite_frequency=3, loss_scale_factor=128.0,
-                             gradient_accumulation_steps=2)
+
+  k3 = keras.optimizers.Adam(
+    learning_rate=0.01,
+    amsgrad=True,
+    weight_decay=0.004,
+    clipnorm=1.0,
+    use_ema=True,
+    ema_overwrite_frequency=3,
+    loss_scale_factor=128.0,
+    gradient_accumulation_steps=2,
+  )
   cfg = json.loads(json.dumps(k3.get_config()))
   tx = optadam.from_keras_config(cfg)
   assert optadam.get_config(tx, keras_version=3) == cfg
-  assert optadam.from_keras_config(json.loads(json.dumps(keras.optimizers.serialize(k3)))).keras_args[
-      "gradient_accumulation_steps"] == 2
+  assert (
+    optadam.from_keras_config(json.loads(json.dumps(keras.optimizers.serialize(k3)))).keras_args[
+      "gradient_accumulation_steps"
+    ]
+    == 2
+  )
 
 
-@pytest.mark.parametrize("bad,error,word", [
+@pytest.mark.parametrize(
+  "bad,error,word",
+  [
     ({"class_name": "SGD", "config": {}}, ValueError, "SGD"),
     ({"class_name": "Adam"}, ValueError, "config"),
     ({"learning_rate": 0.1, "momentum": 0.9}, ValueError, "momentum"),
@@ -213,7 +250,8 @@ def test_keras3_config_round_trip():
     ({"beta_1": 1.2}, ValueError, "beta_1"),
     ({"is_legacy_optimizer": True}, ValueError, "legacy"),
     ([("learning_rate", 0.1)], TypeError, "dict"),
-])
+  ],
+)
 def test_malformed_configs(bad, error, word):
   with pytest.raises(error, match=word):
     optadam.from_keras_config(bad)

@@ -48,14 +48,15 @@ import optadam
 from benchmarks.hlo import leaf_traffic
 
 
-
 @pytest.fixture(autouse=True)
 def _on_cpu():
   """The counts are established for XLA:CPU: compile there on any machine."""
   with jax.default_device(jax.devices("cpu")[0]):
     yield
 
+
 SHAPES = {"a": (256, 512), "b": (65536,), "c": (32, 32, 24)}  # distinct: a shape names its leaf
+
 
 def compile_step(tx: Any, dtype: Any = jnp.float32):
   """The donated train step of `tx`, compiled, and the byte sizes of its inputs."""
@@ -82,24 +83,34 @@ def traffic(tx: Any, dtype: Any = jnp.float32) -> dict[str, dict[str, Any]]:
 # writes = the full-size outputs (p, m, v [, v_hat] [, average]): no full-size temporary;
 # kernels = writes (+1 norm reduction with clipnorm / global_clipnorm: its one extra read).
 ESTABLISHED = {
-    "defaults": ({}, (3, 3, 7)),                        # m: m,g | v: v,g | p: p,m,v  (= optax.adam)
-    "amsgrad": ({"amsgrad": True}, (4, 4, 9)),          # + v_hat: v_hat,v; p reads v_hat not v
-    "weight_decay": ({"weight_decay": 0.004}, (3, 3, 7)),  # decay fused into the p kernel
-    "clipnorm": ({"clipnorm": 1.0}, (4, 3, 8)),         # + norm reduction: one read of g
-    "global_clipnorm": ({"global_clipnorm": 1.0}, (4, 3, 8)),
-    "clipvalue": ({"clipvalue": 1.0}, (3, 3, 7)),       # clipping fused into m and v
-    "use_ema": ({"use_ema": True}, (4, 4, 9)),          # + average: average, p_new
-    "all_on": ({"amsgrad": True, "weight_decay": 0.004, "clipnorm": 1.0, "use_ema": True},
-               (6, 5, 12)),
-    "wd_exclude": ({"weight_decay": 0.004, "exclude_from_weight_decay": ["b"]}, (3, 3, 7)),
-    "schedule": ({"learning_rate": optax.cosine_decay_schedule(1e-3, 1000)}, (3, 3, 7)),
-    # The overwrite select costs one more read in the p kernel (the old average), nothing
-    # else: the stored average is formed from the parameter output, so neither the Adam step
-    # u nor the pre-overwrite average is materialised (it was: 6 kernels, 14 reads and a
-    # param-sized temporary, allocated at every step).
-    "ema_overwrite": ({"use_ema": True, "ema_overwrite_frequency": 100}, (4, 4, 10)),
-    "all_on_overwrite": ({"amsgrad": True, "weight_decay": 0.004, "clipnorm": 1.0,
-                          "use_ema": True, "ema_overwrite_frequency": 100}, (6, 5, 13)),
+  "defaults": ({}, (3, 3, 7)),  # m: m,g | v: v,g | p: p,m,v  (= optax.adam)
+  "amsgrad": ({"amsgrad": True}, (4, 4, 9)),  # + v_hat: v_hat,v; p reads v_hat not v
+  "weight_decay": ({"weight_decay": 0.004}, (3, 3, 7)),  # decay fused into the p kernel
+  "clipnorm": ({"clipnorm": 1.0}, (4, 3, 8)),  # + norm reduction: one read of g
+  "global_clipnorm": ({"global_clipnorm": 1.0}, (4, 3, 8)),
+  "clipvalue": ({"clipvalue": 1.0}, (3, 3, 7)),  # clipping fused into m and v
+  "use_ema": ({"use_ema": True}, (4, 4, 9)),  # + average: average, p_new
+  "all_on": (
+    {"amsgrad": True, "weight_decay": 0.004, "clipnorm": 1.0, "use_ema": True},
+    (6, 5, 12),
+  ),
+  "wd_exclude": ({"weight_decay": 0.004, "exclude_from_weight_decay": ["b"]}, (3, 3, 7)),
+  "schedule": ({"learning_rate": optax.cosine_decay_schedule(1e-3, 1000)}, (3, 3, 7)),
+  # The overwrite select costs one more read in the p kernel (the old average), nothing
+  # else: the stored average is formed from the parameter output, so neither the Adam step
+  # u nor the pre-overwrite average is materialised (it was: 6 kernels, 14 reads and a
+  # param-sized temporary, allocated at every step).
+  "ema_overwrite": ({"use_ema": True, "ema_overwrite_frequency": 100}, (4, 4, 10)),
+  "all_on_overwrite": (
+    {
+      "amsgrad": True,
+      "weight_decay": 0.004,
+      "clipnorm": 1.0,
+      "use_ema": True,
+      "ema_overwrite_frequency": 100,
+    },
+    (6, 5, 13),
+  ),
 }
 
 
@@ -109,8 +120,9 @@ def _check(per_leaf: dict[str, dict[str, Any]], bound: tuple[int, int, int]) -> 
     got = (st["kernels"], st["writes"], st["reads"])
     assert st["copies"] == 0, f"leaf {leaf}: full-size copy in the step: {st['ops']}"
     assert got[0] <= kernels and got[1] <= writes and got[2] <= reads, (
-        f"leaf {leaf}{SHAPES[leaf]}: (kernels, writes, reads) = {got}, established {bound}: "
-        f"a change added a pass over full-size arrays: {st['ops']}")
+      f"leaf {leaf}{SHAPES[leaf]}: (kernels, writes, reads) = {got}, established {bound}: "
+      f"a change added a pass over full-size arrays: {st['ops']}"
+    )
 
 
 @pytest.mark.parametrize("config", sorted(ESTABLISHED))
@@ -119,14 +131,19 @@ def test_passes_per_leaf(config):
   _check(traffic(optadam.adam(**kwargs)), bound)
 
 
-@pytest.mark.parametrize("ours,theirs", [
+@pytest.mark.parametrize(
+  "ours,theirs",
+  [
     (lambda: optadam.adam(1e-3), lambda: optax.adam(1e-3)),
     (lambda: optadam.adam(1e-3, amsgrad=True), lambda: optax.amsgrad(1e-3)),
-    (lambda: optadam.adam(1e-3, weight_decay=0.004),
-     lambda: optax.adamw(1e-3, weight_decay=0.004)),
-    (lambda: optadam.adam(1e-3, clipnorm=1.0),
-     lambda: optax.chain(optax.clip_by_block_rms(1.0), optax.adam(1e-3))),
-], ids=["adam", "amsgrad", "adamw", "clip"])
+    (lambda: optadam.adam(1e-3, weight_decay=0.004), lambda: optax.adamw(1e-3, weight_decay=0.004)),
+    (
+      lambda: optadam.adam(1e-3, clipnorm=1.0),
+      lambda: optax.chain(optax.clip_by_block_rms(1.0), optax.adam(1e-3)),
+    ),
+  ],
+  ids=["adam", "amsgrad", "adamw", "clip"],
+)
 def test_no_more_traffic_than_optax(ours, theirs):
   mine, ref = traffic(ours()), traffic(theirs())
   for leaf in SHAPES:
@@ -136,8 +153,7 @@ def test_no_more_traffic_than_optax(ours, theirs):
 
 def test_bfloat16_params_with_float32_moments():
   """mu_dtype / nu_dtype casts fuse: still one kernel per output, no temporaries."""
-  _check(traffic(optadam.adam(mu_dtype=jnp.float32, nu_dtype=jnp.float32), jnp.bfloat16),
-         (3, 3, 7))
+  _check(traffic(optadam.adam(mu_dtype=jnp.float32, nu_dtype=jnp.float32), jnp.bfloat16), (3, 3, 7))
 
 
 def _memory_checks(tx: Any, dtype: Any = jnp.float32) -> None:
@@ -149,16 +165,22 @@ def _memory_checks(tx: Any, dtype: Any = jnp.float32) -> None:
   assert ma.output_size_in_bytes - ma.alias_size_in_bytes <= 1024, ma
   # no full-size temporary
   assert ma.temp_size_in_bytes <= 0.01 * size["params"], ma
-  peak = ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes \
-      + ma.temp_size_in_bytes
+  peak = (
+    ma.argument_size_in_bytes
+    + ma.output_size_in_bytes
+    - ma.alias_size_in_bytes
+    + ma.temp_size_in_bytes
+  )
   assert peak <= 1.05 * live, (peak, live, ma)
   text = compiled.as_text()
   for leaf, dims in SHAPES.items():
     assert leaf_traffic(text, dims)["copies"] == 0, f"full-size copy of leaf {leaf}"
 
 
-@pytest.mark.parametrize("config", ["defaults", "amsgrad", "clipnorm", "use_ema", "all_on",
-                                    "ema_overwrite", "all_on_overwrite"])
+@pytest.mark.parametrize(
+  "config",
+  ["defaults", "amsgrad", "clipnorm", "use_ema", "all_on", "ema_overwrite", "all_on_overwrite"],
+)
 def test_donated_step_updates_in_place(config):
   _memory_checks(optadam.adam(**ESTABLISHED[config][0]))
 
@@ -183,4 +205,5 @@ def test_mismatched_donation_is_detected():
   copies = sum(leaf_traffic(text, d)["copies"] for d in SHAPES.values())
   assert copies > 0, "the mismatched donation order copies buffers (else update this test)"
   assert compiled.memory_analysis().temp_size_in_bytes > 0.5 * sum(
-      4 * math.prod(s) for s in SHAPES.values())
+    4 * math.prod(s) for s in SHAPES.values()
+  )

@@ -15,16 +15,18 @@ SHAPES = {"dense/kernel": (4, 3), "dense/bias": (3,)}
 
 def _keras_schedule():
   import keras  # pylint: disable=import-outside-toplevel
+
   return keras.optimizers.schedules.PiecewiseConstantDecay([3, 7], [0.01, 0.005, 0.001])
 
 
 CASES = {
-    "loss_scale_factor": dict(loss_scale_factor=128.0),
-    "accumulation k=2": dict(gradient_accumulation_steps=2),
-    "accumulation k=3 + amsgrad + wd + clipnorm": dict(
-        gradient_accumulation_steps=3, amsgrad=True, weight_decay=0.01, clipnorm=0.5),
-    "accumulation k=2 + schedule (raw call count)": dict(gradient_accumulation_steps=2),
-    "loss scale + accumulation": dict(loss_scale_factor=8.0, gradient_accumulation_steps=2),
+  "loss_scale_factor": dict(loss_scale_factor=128.0),
+  "accumulation k=2": dict(gradient_accumulation_steps=2),
+  "accumulation k=3 + amsgrad + wd + clipnorm": dict(
+    gradient_accumulation_steps=3, amsgrad=True, weight_decay=0.01, clipnorm=0.5
+  ),
+  "accumulation k=2 + schedule (raw call count)": dict(gradient_accumulation_steps=2),
+  "loss scale + accumulation": dict(loss_scale_factor=8.0, gradient_accumulation_steps=2),
 }
 
 
@@ -46,8 +48,10 @@ def test_accumulation_equals_adam_on_the_mean():
   params0 = make_params(SHAPES)
   micro = make_grads(SHAPES, 12, seed=8)
   ours, state = run_optadam(optadam.adam(0.01, gradient_accumulation_steps=3), params0, micro)
-  mean = [{k: np.sum([micro[i + j][k] for j in range(3)], axis=0) / 3 for k in SHAPES}
-          for i in range(0, 12, 3)]
+  mean = [
+    {k: np.sum([micro[i + j][k] for j in range(3)], axis=0) / 3 for k in SHAPES}
+    for i in range(0, 12, 3)
+  ]
   ref, _ = reference_adam(params0, mean, learning_rate=0.01)
   assert worst_relative(ours[2::3], ref) < 1e-6
   for s in (0, 1, 3, 4):  # calls that only accumulate leave the parameters as they were
@@ -58,12 +62,15 @@ def test_accumulation_equals_adam_on_the_mean():
   assert int(state.count) == 12 and int(state.inner.adam.count) == 4
 
 
-@pytest.mark.parametrize("bad,word", [
+@pytest.mark.parametrize(
+  "bad,word",
+  [
     (dict(gradient_accumulation_steps=1), "gradient_accumulation_steps"),
     (dict(gradient_accumulation_steps=2.0), "gradient_accumulation_steps"),
     (dict(loss_scale_factor=0.0), "loss_scale_factor"),
     (dict(loss_scale_factor=-2.0), "loss_scale_factor"),
-])
+  ],
+)
 def test_bad_values(bad, word):
   with pytest.raises(ValueError, match=word):
     optadam.adam(**bad)
@@ -75,13 +82,20 @@ def test_loss_scale_divides():
   np.testing.assert_array_equal(out["w"], [0.5, -1.5])
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(learning_rate=0.01, amsgrad=True, use_ema=True, ema_overwrite_frequency=4, ema_momentum=0.9),
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    dict(
+      learning_rate=0.01, amsgrad=True, use_ema=True, ema_overwrite_frequency=4, ema_momentum=0.9
+    ),
     dict(learning_rate=0.01, weight_decay=0.01, gradient_accumulation_steps=2),
-], ids=["amsgrad+ema", "accumulation"])
+  ],
+  ids=["amsgrad+ema", "accumulation"],
+)
 def test_resume_from_keras3_state(kwargs):
   """Run Keras 3 for 7 calls, import its `optimizer.variables`, continue in optadam."""
   import keras  # pylint: disable=import-outside-toplevel
+
   params0 = make_params(SHAPES)
   grads = make_grads(SHAPES, 16, seed=9)
   variables = {k: keras.Variable(v, name=k.replace("/", "_")) for k, v in params0.items()}

@@ -38,14 +38,22 @@ def _run_processes(work_dir: str) -> tuple[list[int | None], list[str]]:
   env.pop("JAX_ENABLE_X64", None)
   env["JAX_PLATFORMS"] = "cpu"
   port = _free_loopback_port()
-  logs = [open(os.path.join(work_dir, f"process_{i}.log"), "w+", encoding="utf-8")
-          for i in range(NUM_PROCESSES)]
+  logs = [
+    open(os.path.join(work_dir, f"process_{i}.log"), "w+", encoding="utf-8")
+    for i in range(NUM_PROCESSES)
+  ]
   procs = []
   try:
     for i in range(NUM_PROCESSES):
-      procs.append(subprocess.Popen(
+      procs.append(
+        subprocess.Popen(
           [sys.executable, WORKER, str(i), str(NUM_PROCESSES), str(port), work_dir],
-          env=env, stdout=logs[i], stderr=subprocess.STDOUT, cwd=os.path.dirname(HERE)))
+          env=env,
+          stdout=logs[i],
+          stderr=subprocess.STDOUT,
+          cwd=os.path.dirname(HERE),
+        )
+      )
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
       codes = [p.poll() for p in procs]
@@ -78,12 +86,13 @@ def process_results(tmp_path_factory):
     per = {}
     for line in out.splitlines():
       if line.startswith("RESULT "):
-        r = json.loads(line[len("RESULT "):])
+        r = json.loads(line[len("RESULT ") :])
         per[r["scenario"]] = r
     results.append(per)
   if not all(results):
-    logs = "\n".join(f"--- process {i} (exit {c}) ---\n{o[-3000:]}"
-                     for i, (c, o) in enumerate(zip(codes, outputs)))
+    logs = "\n".join(
+      f"--- process {i} (exit {c}) ---\n{o[-3000:]}" for i, (c, o) in enumerate(zip(codes, outputs))
+    )
     pytest.fail(f"a worker process produced no results:\n{logs}")
   return codes, results, outputs
 
@@ -91,8 +100,7 @@ def process_results(tmp_path_factory):
 def _check(process_results, name, report=None):
   codes, results, outputs = process_results
   for i, per in enumerate(results):
-    assert name in per, (f"process {i} did not run {name!r} (exit {codes[i]}):\n"
-                         f"{outputs[i][-3000:]}")
+    assert name in per, f"process {i} did not run {name!r} (exit {codes[i]}):\n{outputs[i][-3000:]}"
     assert per[name]["ok"], f"process {i}, scenario {name!r}:\n{per[name]['error']}"
   if report is not None:
     report(f"multiprocess/{name}", json.dumps(results[0][name]["info"]))

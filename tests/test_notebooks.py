@@ -37,11 +37,15 @@ def kernel_env(tmp_path_factory, monkeypatch_module):
   base = tmp_path_factory.mktemp("jupyter")
   spec_dir = base / "kernels" / KERNEL_NAME
   spec_dir.mkdir(parents=True)
-  (spec_dir / "kernel.json").write_text(json.dumps({
-      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-      "display_name": "optadam test (this interpreter)",
-      "language": "python",
-  }))
+  (spec_dir / "kernel.json").write_text(
+    json.dumps(
+      {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "optadam test (this interpreter)",
+        "language": "python",
+      }
+    )
+  )
   monkeypatch_module.setenv("JUPYTER_PATH", str(base))
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
@@ -56,8 +60,9 @@ def monkeypatch_module():
 
 
 def _execute(nb, cwd, env):
-  client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME,
-                                   resources={"metadata": {"path": str(cwd)}})
+  client = nbclient.NotebookClient(
+    nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME, resources={"metadata": {"path": str(cwd)}}
+  )
   client.execute(env=env)
   return nb
 
@@ -73,8 +78,13 @@ def test_the_notebooks_are_there():
 
 
 def test_kernel_runs_this_interpreter(kernel_env, tmp_path):
-  nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-      "import sys, optadam\nprint(sys.executable)\nprint(optadam.__file__)")])
+  nb = nbformat.v4.new_notebook(
+    cells=[
+      nbformat.v4.new_code_cell(
+        "import sys, optadam\nprint(sys.executable)\nprint(optadam.__file__)"
+      )
+    ]
+  )
   _execute(nb, tmp_path, kernel_env)
   text = "".join(o.get("text", "") for o in _outputs(nb)).splitlines()
   assert os.path.realpath(text[0]) == os.path.realpath(sys.executable)
@@ -121,8 +131,10 @@ def test_first_cell_installs_in_colab_and_prints_backend(name):
 def test_notebooks_match_their_generator(tmp_path):
   """notebooks/make_notebooks.py writes exactly the committed notebooks (edit it, re-run it)."""
   import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location("make_notebooks",
-                                                os.path.join(NOTEBOOK_DIR, "make_notebooks.py"))
+
+  spec = importlib.util.spec_from_file_location(
+    "make_notebooks", os.path.join(NOTEBOOK_DIR, "make_notebooks.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   assert set(module.NOTEBOOKS) == set(NAMES)
@@ -132,14 +144,20 @@ def test_notebooks_match_their_generator(tmp_path):
       generated = f.read()
     with open(os.path.join(NOTEBOOK_DIR, f"{name}.ipynb"), encoding="utf-8") as f:
       committed = f.read()
-    assert generated == committed, (f"notebooks/{name}.ipynb differs from what "
-                                    "notebooks/make_notebooks.py writes: run it")
+    assert generated == committed, (
+      f"notebooks/{name}.ipynb differs from what notebooks/make_notebooks.py writes: run it"
+    )
 
 
 def test_readme_links_every_notebook_with_a_colab_badge():
   with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
     lines = f.read().splitlines()
-  missing = [name for name in NAMES
-             if not any(COLAB_URL.format(name) in line and COLAB_BADGE in line for line in lines)]
-  assert not missing, (f"README.md has no 'Open in Colab' badge line for {missing} "
-                       f"(expected [![Open In Colab]({COLAB_BADGE})]({COLAB_URL.format('<name>')}))")
+  missing = [
+    name
+    for name in NAMES
+    if not any(COLAB_URL.format(name) in line and COLAB_BADGE in line for line in lines)
+  ]
+  assert not missing, (
+    f"README.md has no 'Open in Colab' badge line for {missing} "
+    f"(expected [![Open In Colab]({COLAB_BADGE})]({COLAB_URL.format('<name>')}))"
+  )

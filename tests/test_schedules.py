@@ -28,6 +28,7 @@ import pytest  # noqa: E402
 from optadam import schedules as S  # noqa: E402
 
 import keras  # noqa: E402  (KERAS_BACKEND=jax is set in conftest.py)
+
 ks = keras.optimizers.schedules
 
 F32 = np.float32
@@ -39,46 +40,142 @@ F32 = np.float32
 
 CASES = {
   # ExponentialDecay
-  "exp": ("ExponentialDecay", dict(initial_learning_rate=0.1, decay_steps=10, decay_rate=0.96), [10, 20, 30]),
-  "exp-staircase": ("ExponentialDecay", dict(initial_learning_rate=0.1, decay_steps=7, decay_rate=0.5, staircase=True), [7, 14, 21]),
-  "exp-float-steps": ("ExponentialDecay", dict(initial_learning_rate=0.03, decay_steps=2.5, decay_rate=0.9, staircase=True), [5, 10]),
-  "exp-rate0": ("ExponentialDecay", dict(initial_learning_rate=0.1, decay_steps=5, decay_rate=0.0), [5]),
+  "exp": (
+    "ExponentialDecay",
+    dict(initial_learning_rate=0.1, decay_steps=10, decay_rate=0.96),
+    [10, 20, 30],
+  ),
+  "exp-staircase": (
+    "ExponentialDecay",
+    dict(initial_learning_rate=0.1, decay_steps=7, decay_rate=0.5, staircase=True),
+    [7, 14, 21],
+  ),
+  "exp-float-steps": (
+    "ExponentialDecay",
+    dict(initial_learning_rate=0.03, decay_steps=2.5, decay_rate=0.9, staircase=True),
+    [5, 10],
+  ),
+  "exp-rate0": (
+    "ExponentialDecay",
+    dict(initial_learning_rate=0.1, decay_steps=5, decay_rate=0.0),
+    [5],
+  ),
   # PiecewiseConstantDecay
   "pw": ("PiecewiseConstantDecay", dict(boundaries=[5, 10], values=[1.0, 0.5, 0.1]), [5, 10]),
   "pw-one": ("PiecewiseConstantDecay", dict(boundaries=[100], values=[0.01, 0.001]), [100]),
-  "pw-three": ("PiecewiseConstantDecay", dict(boundaries=[3, 7, 20], values=[1.0, 0.0, 2.5, -1.0]), [3, 7, 20]),
-  "pw-float-bounds": ("PiecewiseConstantDecay", dict(boundaries=[2.5, 7.5], values=[0.3, 0.2, 0.1]), [2, 3, 7, 8]),
+  "pw-three": (
+    "PiecewiseConstantDecay",
+    dict(boundaries=[3, 7, 20], values=[1.0, 0.0, 2.5, -1.0]),
+    [3, 7, 20],
+  ),
+  "pw-float-bounds": (
+    "PiecewiseConstantDecay",
+    dict(boundaries=[2.5, 7.5], values=[0.3, 0.2, 0.1]),
+    [2, 3, 7, 8],
+  ),
   # PolynomialDecay
   "poly": ("PolynomialDecay", dict(initial_learning_rate=0.1, decay_steps=10), [10]),
-  "poly-sqrt": ("PolynomialDecay", dict(initial_learning_rate=0.1, decay_steps=10, end_learning_rate=0.01, power=0.5), [10]),
-  "poly-sqrt-41": ("PolynomialDecay", dict(initial_learning_rate=0.1, decay_steps=41, power=0.5), [41]),
-  "poly-cycle": ("PolynomialDecay", dict(initial_learning_rate=0.1, decay_steps=10, end_learning_rate=0.001, power=2.0, cycle=True), [10, 20, 30, 40]),
-  "poly-cycle-sqrt": ("PolynomialDecay", dict(initial_learning_rate=0.1, decay_steps=7, power=0.5, cycle=True), [7, 14, 21]),
-  "poly-rising": ("PolynomialDecay", dict(initial_learning_rate=0.01, decay_steps=20, end_learning_rate=0.1, power=3.0), [20]),
+  "poly-sqrt": (
+    "PolynomialDecay",
+    dict(initial_learning_rate=0.1, decay_steps=10, end_learning_rate=0.01, power=0.5),
+    [10],
+  ),
+  "poly-sqrt-41": (
+    "PolynomialDecay",
+    dict(initial_learning_rate=0.1, decay_steps=41, power=0.5),
+    [41],
+  ),
+  "poly-cycle": (
+    "PolynomialDecay",
+    dict(initial_learning_rate=0.1, decay_steps=10, end_learning_rate=0.001, power=2.0, cycle=True),
+    [10, 20, 30, 40],
+  ),
+  "poly-cycle-sqrt": (
+    "PolynomialDecay",
+    dict(initial_learning_rate=0.1, decay_steps=7, power=0.5, cycle=True),
+    [7, 14, 21],
+  ),
+  "poly-rising": (
+    "PolynomialDecay",
+    dict(initial_learning_rate=0.01, decay_steps=20, end_learning_rate=0.1, power=3.0),
+    [20],
+  ),
   # InverseTimeDecay
-  "inv": ("InverseTimeDecay", dict(initial_learning_rate=0.1, decay_steps=3, decay_rate=0.5), [3, 6, 9]),
-  "inv-staircase": ("InverseTimeDecay", dict(initial_learning_rate=0.1, decay_steps=3, decay_rate=0.5, staircase=True), [3, 6, 9]),
-  "inv-float-steps": ("InverseTimeDecay", dict(initial_learning_rate=0.1, decay_steps=1.0, decay_rate=0.5), [1, 2]),
+  "inv": (
+    "InverseTimeDecay",
+    dict(initial_learning_rate=0.1, decay_steps=3, decay_rate=0.5),
+    [3, 6, 9],
+  ),
+  "inv-staircase": (
+    "InverseTimeDecay",
+    dict(initial_learning_rate=0.1, decay_steps=3, decay_rate=0.5, staircase=True),
+    [3, 6, 9],
+  ),
+  "inv-float-steps": (
+    "InverseTimeDecay",
+    dict(initial_learning_rate=0.1, decay_steps=1.0, decay_rate=0.5),
+    [1, 2],
+  ),
   # CosineDecay
   "cos": ("CosineDecay", dict(initial_learning_rate=0.1, decay_steps=20), [20]),
   "cos-alpha": ("CosineDecay", dict(initial_learning_rate=0.1, decay_steps=20, alpha=0.1), [20]),
   # alpha=0.6: float32(1 - alpha) != 1 - float32(alpha); Keras rounds 1 - alpha once.
-  "cos-alpha-rounding": ("CosineDecay", dict(initial_learning_rate=1.0, decay_steps=16, alpha=0.6), [16]),
-  "cos-warmup": ("CosineDecay", dict(initial_learning_rate=0.01, decay_steps=20, alpha=0.1, warmup_target=0.1, warmup_steps=5), [5, 25]),
-  "cos-warmup-from0": ("CosineDecay", dict(initial_learning_rate=0.0, decay_steps=30, warmup_target=0.05, warmup_steps=10), [10, 40]),
-  "cos-warmup0": ("CosineDecay", dict(initial_learning_rate=0.1, decay_steps=10, warmup_target=0.2, warmup_steps=0), [10]),
+  "cos-alpha-rounding": (
+    "CosineDecay",
+    dict(initial_learning_rate=1.0, decay_steps=16, alpha=0.6),
+    [16],
+  ),
+  "cos-warmup": (
+    "CosineDecay",
+    dict(initial_learning_rate=0.01, decay_steps=20, alpha=0.1, warmup_target=0.1, warmup_steps=5),
+    [5, 25],
+  ),
+  "cos-warmup-from0": (
+    "CosineDecay",
+    dict(initial_learning_rate=0.0, decay_steps=30, warmup_target=0.05, warmup_steps=10),
+    [10, 40],
+  ),
+  "cos-warmup0": (
+    "CosineDecay",
+    dict(initial_learning_rate=0.1, decay_steps=10, warmup_target=0.2, warmup_steps=0),
+    [10],
+  ),
   # CosineDecayRestarts (boundaries: starts of the periods)
-  "sgdr": ("CosineDecayRestarts", dict(initial_learning_rate=0.1, first_decay_steps=10), [10, 30, 70, 150]),
-  "sgdr-t1-m05-alpha": ("CosineDecayRestarts", dict(initial_learning_rate=0.1, first_decay_steps=10, t_mul=1.0, m_mul=0.5, alpha=0.1), [10, 20, 30, 40]),
-  "sgdr-t15-m09-alpha": ("CosineDecayRestarts", dict(initial_learning_rate=0.1, first_decay_steps=8, t_mul=1.5, m_mul=0.9, alpha=0.05), [8, 20, 38, 65]),
+  "sgdr": (
+    "CosineDecayRestarts",
+    dict(initial_learning_rate=0.1, first_decay_steps=10),
+    [10, 30, 70, 150],
+  ),
+  "sgdr-t1-m05-alpha": (
+    "CosineDecayRestarts",
+    dict(initial_learning_rate=0.1, first_decay_steps=10, t_mul=1.0, m_mul=0.5, alpha=0.1),
+    [10, 20, 30, 40],
+  ),
+  "sgdr-t15-m09-alpha": (
+    "CosineDecayRestarts",
+    dict(initial_learning_rate=0.1, first_decay_steps=8, t_mul=1.5, m_mul=0.9, alpha=0.05),
+    [8, 20, 38, 65],
+  ),
   # Here Keras casts alpha to float32 first: 1 - float32(0.6).
-  "sgdr-alpha-rounding": ("CosineDecayRestarts", dict(initial_learning_rate=1.0, first_decay_steps=8, t_mul=1.0, alpha=0.6), [8, 16]),
-  "sgdr-t3-m05": ("CosineDecayRestarts", dict(initial_learning_rate=0.2, first_decay_steps=5, t_mul=3.0, m_mul=0.5), [5, 20, 65]),
+  "sgdr-alpha-rounding": (
+    "CosineDecayRestarts",
+    dict(initial_learning_rate=1.0, first_decay_steps=8, t_mul=1.0, alpha=0.6),
+    [8, 16],
+  ),
+  "sgdr-t3-m05": (
+    "CosineDecayRestarts",
+    dict(initial_learning_rate=0.2, first_decay_steps=5, t_mul=3.0, m_mul=0.5),
+    [5, 20, 65],
+  ),
 }
 
 # Keras 3 evaluates these through `ops.cond` (XLA-compiled branches), so its
 # eager values can differ from an op-by-op evaluation by ~1 ulp.
-KERAS_USES_COND = {k for k, (n, kw, _) in CASES.items() if n == "CosineDecayRestarts" or (n == "CosineDecay" and kw.get("warmup_target") is not None)}
+KERAS_USES_COND = {
+  k
+  for k, (n, kw, _) in CASES.items()
+  if n == "CosineDecayRestarts" or (n == "CosineDecay" and kw.get("warmup_target") is not None)
+}
 
 
 def _grid(points):
@@ -105,7 +202,9 @@ def assert_f32_close(actual, expected, scale):
   """float32 and within ~1 ulp (of the value, or of the schedule's scale)."""
   actual = np.asarray(actual)
   assert actual.dtype == np.float32, actual.dtype
-  np.testing.assert_allclose(actual, np.asarray(expected, np.float32), rtol=2e-7, atol=float(np.spacing(F32(scale))))
+  np.testing.assert_allclose(
+    actual, np.asarray(expected, np.float32), rtol=2e-7, atol=float(np.spacing(F32(scale)))
+  )
 
 
 def assert_f32_equal(actual, expected):
@@ -123,7 +222,9 @@ def _build(case_id):
 def _keras_values(case_id):
   """Keras 3's eager values on the case's grid (int32 steps), cached."""
   _, k, steps, _ = _build(case_id)
-  return np.array([np.asarray(keras.ops.convert_to_numpy(k(jnp.int32(s)))) for s in steps], np.float32)
+  return np.array(
+    [np.asarray(keras.ops.convert_to_numpy(k(jnp.int32(s)))) for s in steps], np.float32
+  )
 
 
 CASE_IDS = sorted(CASES)
@@ -164,7 +265,18 @@ def test_array_steps_equal_scalar_steps(case_id):
   assert_f32_close(jax.jit(m)(jnp.asarray(steps, jnp.int32)), scalar, _scale(kwargs))
 
 
-@pytest.mark.parametrize("case_id", ["exp-staircase", "pw-three", "poly-sqrt-41", "poly-cycle-sqrt", "inv", "cos-warmup", "sgdr-t15-m09-alpha"])
+@pytest.mark.parametrize(
+  "case_id",
+  [
+    "exp-staircase",
+    "pw-three",
+    "poly-sqrt-41",
+    "poly-cycle-sqrt",
+    "inv",
+    "cos-warmup",
+    "sgdr-t15-m09-alpha",
+  ],
+)
 def test_vmap_matches_scalar_steps(case_id):
   """Under vmap XLA sees `x / broadcast(c)` and may use a reciprocal; the
   values stay within ~1 ulp and PolynomialDecay still ends exactly."""
@@ -195,7 +307,15 @@ def test_piecewise_float_steps_match_keras3(boundaries, values):
   """Boundaries are cast to the step's dtype, as in Keras (float steps)."""
   m = S.PiecewiseConstantDecay(boundaries, values)
   k = ks.PiecewiseConstantDecay(boundaries, values)
-  steps = sorted({x + d for b in boundaries for x in (float(b), math.floor(b)) for d in (-1.0, -0.5, 0.0, 0.5, 1.0)} | {0.0})
+  steps = sorted(
+    {
+      x + d
+      for b in boundaries
+      for x in (float(b), math.floor(b))
+      for d in (-1.0, -0.5, 0.0, 0.5, 1.0)
+    }
+    | {0.0}
+  )
   for s in steps:
     step = jnp.float32(s)
     assert_f32_equal(m(step), keras.ops.convert_to_numpy(k(step)))
@@ -225,7 +345,10 @@ def test_cosine_restarts_alpha_not_scaled_by_m_mul():
 def _keras2_piecewise(boundaries, values, step):
   """tf.keras 2.15 PiecewiseConstantDecay: tf.case selection, values[0] default."""
   step = np.asarray(step)
-  b = [np.asarray(x, np.int32 if isinstance(x, int) else np.float32).astype(step.dtype) for x in boundaries]
+  b = [
+    np.asarray(x, np.int32 if isinstance(x, int) else np.float32).astype(step.dtype)
+    for x in boundaries
+  ]
   v = [F32(x) for x in values]
   if step <= b[0]:
     return v[0]
@@ -256,7 +379,13 @@ def _keras2_cosine(initial_learning_rate, decay_steps, alpha, warmup_target, war
 
 def _keras2_polynomial(initial_learning_rate, decay_steps, end_learning_rate, power, cycle, step):
   """tf.keras 2.15 PolynomialDecay, in float32 ops (exactly rounded division)."""
-  lr0, end, pw, s, ds = F32(initial_learning_rate), F32(end_learning_rate), F32(power), F32(step), F32(decay_steps)
+  lr0, end, pw, s, ds = (
+    F32(initial_learning_rate),
+    F32(end_learning_rate),
+    F32(power),
+    F32(step),
+    F32(decay_steps),
+  )
   if cycle:
     ds = ds * (F32(1.0) if s == 0 else np.ceil(s / ds))
   else:
@@ -289,7 +418,9 @@ def test_integer_initial_learning_rate_is_float32():
   """Keras 2 and 3 compute in int32 for a Python-int initial_learning_rate
   (Keras's own warmup example, initial_learning_rate=0, gives all zeros).
   We compute in float32; expected numbers from the Keras 2 formula in float32."""
-  kwargs = dict(initial_learning_rate=0, decay_steps=30, alpha=0.0, warmup_target=0.05, warmup_steps=10)
+  kwargs = dict(
+    initial_learning_rate=0, decay_steps=30, alpha=0.0, warmup_target=0.05, warmup_steps=10
+  )
   m = S.CosineDecay(**kwargs)
   assert m.get_config()["initial_learning_rate"] == 0  # kept as given, like Keras
   for s in _grid([10, 40]):
@@ -309,10 +440,23 @@ def test_polynomial_fractional_power_reaches_end_under_jit(decay_steps, cycle):
   decay_steps into a multiplication by its reciprocal fused into an FMA.
   Expected numbers: the Keras 2 formula in NumPy float32 (exact division).
   """
-  kwargs = dict(initial_learning_rate=0.1, decay_steps=decay_steps, end_learning_rate=1e-4, power=0.5, cycle=cycle)
+  kwargs = dict(
+    initial_learning_rate=0.1,
+    decay_steps=decay_steps,
+    end_learning_rate=1e-4,
+    power=0.5,
+    cycle=cycle,
+  )
   m = S.PolynomialDecay(**kwargs)
   jm = jax.jit(m)
-  steps = [decay_steps - 1, decay_steps, decay_steps + 1, 2 * decay_steps, 3 * decay_steps, 50 * decay_steps]
+  steps = [
+    decay_steps - 1,
+    decay_steps,
+    decay_steps + 1,
+    2 * decay_steps,
+    3 * decay_steps,
+    50 * decay_steps,
+  ]
   for s in steps:
     expected = _keras2_polynomial(step=s, **kwargs)
     assert_f32_close(m(s), expected, 0.1)
@@ -332,7 +476,9 @@ def test_polynomial_fractional_power_reaches_end_under_jit(decay_steps, cycle):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case_id", ["exp-staircase", "pw-three", "poly-cycle", "inv", "cos-warmup", "sgdr-t15-m09-alpha"])
+@pytest.mark.parametrize(
+  "case_id", ["exp-staircase", "pw-three", "poly-cycle", "inv", "cos-warmup", "sgdr-t15-m09-alpha"]
+)
 def test_jit_does_not_retrace_per_step(case_id):
   m, _, steps, _ = _build(case_id)
   traces = []
@@ -354,6 +500,7 @@ def test_jit_does_not_retrace_per_step(case_id):
 
 def test_usable_as_optax_schedule():
   import optax  # pylint: disable=import-outside-toplevel
+
   sched = S.CosineDecay(0.01, 10, alpha=0.1, warmup_target=0.1, warmup_steps=3)
   opt = optax.chain(optax.scale_by_schedule(sched), optax.scale(-1.0))
   sgd = optax.sgd(learning_rate=sched)
@@ -409,7 +556,12 @@ def test_from_config_round_trip(case_id):
 def test_serialize_round_trip(case_id):
   m, k, steps, _ = _build(case_id)
   d = S.serialize(m)
-  assert d == {"module": "keras.optimizers.schedules", "class_name": type(m).__name__, "config": m.get_config(), "registered_name": None}
+  assert d == {
+    "module": "keras.optimizers.schedules",
+    "class_name": type(m).__name__,
+    "config": m.get_config(),
+    "registered_name": None,
+  }
   assert d == ks.serialize(k)  # Keras 3 writes the same dict
   text = json.dumps(d)
   back = S.deserialize(json.loads(text))
@@ -437,9 +589,19 @@ def test_deserialize_accepts_keras_variants(variant):
 
 def test_deserialize_keras2_config_with_name_none():
   """Keras 2 configs carry name=None (and CosineDecay may lack warmup keys)."""
-  d = {"class_name": "CosineDecay", "config": {"initial_learning_rate": 0.1, "decay_steps": 100, "alpha": 0.0, "name": None}}
+  d = {
+    "class_name": "CosineDecay",
+    "config": {"initial_learning_rate": 0.1, "decay_steps": 100, "alpha": 0.0, "name": None},
+  }
   back = S.deserialize(d)
-  assert back.get_config() == {"initial_learning_rate": 0.1, "decay_steps": 100, "alpha": 0.0, "name": None, "warmup_target": None, "warmup_steps": 0}
+  assert back.get_config() == {
+    "initial_learning_rate": 0.1,
+    "decay_steps": 100,
+    "alpha": 0.0,
+    "name": None,
+    "warmup_target": None,
+    "warmup_steps": 0,
+  }
   assert_f32_equal(back(50), S.CosineDecay(0.1, 100)(50))
 
 
@@ -470,11 +632,25 @@ def test_deserialize_errors():
 
 
 def test_registry_and_public_names():
-  assert sorted(S.SCHEDULES) == sorted(["ExponentialDecay", "PiecewiseConstantDecay", "PolynomialDecay", "InverseTimeDecay", "CosineDecay", "CosineDecayRestarts"])
+  assert sorted(S.SCHEDULES) == sorted(
+    [
+      "ExponentialDecay",
+      "PiecewiseConstantDecay",
+      "PolynomialDecay",
+      "InverseTimeDecay",
+      "CosineDecay",
+      "CosineDecayRestarts",
+    ]
+  )
   for name, cls in S.SCHEDULES.items():
     assert cls.__name__ == name and getattr(S, name) is cls and name in S.__all__
     assert issubclass(cls, S.LearningRateSchedule)
-    assert cls.__doc__ and "Keras 2 vs 3" in cls.__doc__ and "Example" in cls.__doc__ and "Args:" in cls.__doc__
+    assert (
+      cls.__doc__
+      and "Keras 2 vs 3" in cls.__doc__
+      and "Example" in cls.__doc__
+      and "Args:" in cls.__doc__
+    )
 
 
 @pytest.mark.parametrize("name", sorted(S.SCHEDULES))
@@ -483,13 +659,17 @@ def test_signature_matches_keras3(name):
 
   ours = inspect.signature(getattr(S, name))
   theirs = inspect.signature(getattr(ks, name))
-  assert [(p.name, p.default) for p in ours.parameters.values()] == [(p.name, p.default) for p in theirs.parameters.values()]
+  assert [(p.name, p.default) for p in ours.parameters.values()] == [
+    (p.name, p.default) for p in theirs.parameters.values()
+  ]
 
 
 def test_numpy_arguments_become_python_types():
   m = S.ExponentialDecay(np.float32(0.1), np.int64(10), np.float64(0.5), staircase=np.bool_(True))
   cfg = m.get_config()
-  assert [type(cfg[k]) for k in ("initial_learning_rate", "decay_steps", "decay_rate", "staircase")] == [float, int, float, bool]
+  assert [
+    type(cfg[k]) for k in ("initial_learning_rate", "decay_steps", "decay_rate", "staircase")
+  ] == [float, int, float, bool]
   json.dumps(cfg)
   p = S.PiecewiseConstantDecay(np.array([5, 10]), (np.float32(1.0), 0.5, 0.25))
   assert p.get_config()["boundaries"] == [5, 10] and type(p.get_config()["boundaries"][0]) is int
@@ -504,47 +684,273 @@ NAN, INF = float("nan"), float("inf")
 
 INVALID = [
   # (class, kwargs, exception, argument named in the message, received text)
-  (S.ExponentialDecay, dict(initial_learning_rate=0.1, decay_steps=0, decay_rate=0.9), ValueError, "decay_steps", "decay_steps=0"),
-  (S.ExponentialDecay, dict(initial_learning_rate=0.1, decay_steps=-5, decay_rate=0.9), ValueError, "decay_steps", "decay_steps=-5"),
-  (S.ExponentialDecay, dict(initial_learning_rate=0.1, decay_steps=NAN, decay_rate=0.9), ValueError, "decay_steps", "decay_steps=nan"),
-  (S.ExponentialDecay, dict(initial_learning_rate=0.1, decay_steps="10", decay_rate=0.9), TypeError, "decay_steps", "decay_steps='10'"),
-  (S.ExponentialDecay, dict(initial_learning_rate=0.1, decay_steps=10, decay_rate=-0.5), ValueError, "decay_rate", "decay_rate=-0.5"),
-  (S.ExponentialDecay, dict(initial_learning_rate=INF, decay_steps=10, decay_rate=0.9), ValueError, "initial_learning_rate", "initial_learning_rate=inf"),
-  (S.ExponentialDecay, dict(initial_learning_rate=True, decay_steps=10, decay_rate=0.9), TypeError, "initial_learning_rate", "initial_learning_rate=True"),
-  (S.ExponentialDecay, dict(initial_learning_rate=None, decay_steps=10, decay_rate=0.9), TypeError, "initial_learning_rate", "initial_learning_rate=None"),
-  (S.ExponentialDecay, dict(initial_learning_rate=[0.1], decay_steps=10, decay_rate=0.9), TypeError, "initial_learning_rate", "initial_learning_rate=[0.1]"),
-  (S.ExponentialDecay, dict(initial_learning_rate=0.1, decay_steps=10, decay_rate=0.9, staircase="yes"), TypeError, "staircase", "staircase='yes'"),
-  (S.ExponentialDecay, dict(initial_learning_rate=0.1, decay_steps=10, decay_rate=0.9, staircase=1), TypeError, "staircase", "staircase=1"),
-  (S.ExponentialDecay, dict(initial_learning_rate=0.1, decay_steps=10, decay_rate=0.9, name=3), TypeError, "name", "name=3"),
-  (S.PiecewiseConstantDecay, dict(boundaries=[5, 10], values=[1.0, 0.5]), ValueError, "boundaries", "boundaries=[5, 10] of length 2, and values=[1.0, 0.5] of length 2"),
-  (S.PiecewiseConstantDecay, dict(boundaries=[5], values=[1.0, 0.5, 0.1]), ValueError, "values", "values=[1.0, 0.5, 0.1] of length 3"),
-  (S.PiecewiseConstantDecay, dict(boundaries=[], values=[1.0]), ValueError, "boundaries", "boundaries=[]"),
-  (S.PiecewiseConstantDecay, dict(boundaries=[10, 5], values=[1.0, 0.5, 0.1]), ValueError, "boundaries", "boundaries=[10, 5]"),
-  (S.PiecewiseConstantDecay, dict(boundaries=[5, 5], values=[1.0, 0.5, 0.1]), ValueError, "boundaries", "strictly increasing"),
-  (S.PiecewiseConstantDecay, dict(boundaries=5, values=[1.0, 0.5]), TypeError, "boundaries", "boundaries=5"),
-  (S.PiecewiseConstantDecay, dict(boundaries=[5], values=[1.0, "0.5"]), TypeError, "values", "values=[1.0, '0.5']"),
-  (S.PiecewiseConstantDecay, dict(boundaries=[5], values=[1.0, NAN]), ValueError, "values", "values[1]=nan"),
-  (S.PolynomialDecay, dict(initial_learning_rate=0.1, decay_steps=0), ValueError, "decay_steps", "decay_steps=0"),
-  (S.PolynomialDecay, dict(initial_learning_rate=0.1, decay_steps=10, end_learning_rate=None), TypeError, "end_learning_rate", "end_learning_rate=None"),
-  (S.PolynomialDecay, dict(initial_learning_rate=0.1, decay_steps=10, power=INF), ValueError, "power", "power=inf"),
-  (S.PolynomialDecay, dict(initial_learning_rate=0.1, decay_steps=10, cycle="no"), TypeError, "cycle", "cycle='no'"),
-  (S.InverseTimeDecay, dict(initial_learning_rate=0.1, decay_steps=0.0, decay_rate=0.5), ValueError, "decay_steps", "decay_steps=0.0"),
-  (S.InverseTimeDecay, dict(initial_learning_rate=0.1, decay_steps=1, decay_rate=-1), ValueError, "decay_rate", "decay_rate=-1"),
-  (S.InverseTimeDecay, dict(initial_learning_rate=0.1, decay_steps=1, decay_rate=0.5, staircase=None), TypeError, "staircase", "staircase=None"),
-  (S.CosineDecay, dict(initial_learning_rate=0.1, decay_steps=0), ValueError, "decay_steps", "decay_steps=0"),
-  (S.CosineDecay, dict(initial_learning_rate=0.1, decay_steps=10, alpha=NAN), ValueError, "alpha", "alpha=nan"),
-  (S.CosineDecay, dict(initial_learning_rate=0.1, decay_steps=10, warmup_target=0.2, warmup_steps=-1), ValueError, "warmup_steps", "warmup_steps=-1"),
-  (S.CosineDecay, dict(initial_learning_rate=0.1, decay_steps=10, warmup_target="0.2"), TypeError, "warmup_target", "warmup_target='0.2'"),
-  (S.CosineDecay, dict(initial_learning_rate=0.1, decay_steps=10, warmup_target=INF), ValueError, "warmup_target", "warmup_target=inf"),
-  (S.CosineDecayRestarts, dict(initial_learning_rate=0.1, first_decay_steps=0), ValueError, "first_decay_steps", "first_decay_steps=0"),
-  (S.CosineDecayRestarts, dict(initial_learning_rate=0.1, first_decay_steps=10, t_mul=0.0), ValueError, "t_mul", "t_mul=0.0"),
-  (S.CosineDecayRestarts, dict(initial_learning_rate=0.1, first_decay_steps=10, t_mul=-2.0), ValueError, "t_mul", "t_mul=-2.0"),
-  (S.CosineDecayRestarts, dict(initial_learning_rate=0.1, first_decay_steps=10, m_mul=INF), ValueError, "m_mul", "m_mul=inf"),
-  (S.CosineDecayRestarts, dict(initial_learning_rate=0.1, first_decay_steps=10, alpha="0"), TypeError, "alpha", "alpha='0'"),
+  (
+    S.ExponentialDecay,
+    dict(initial_learning_rate=0.1, decay_steps=0, decay_rate=0.9),
+    ValueError,
+    "decay_steps",
+    "decay_steps=0",
+  ),
+  (
+    S.ExponentialDecay,
+    dict(initial_learning_rate=0.1, decay_steps=-5, decay_rate=0.9),
+    ValueError,
+    "decay_steps",
+    "decay_steps=-5",
+  ),
+  (
+    S.ExponentialDecay,
+    dict(initial_learning_rate=0.1, decay_steps=NAN, decay_rate=0.9),
+    ValueError,
+    "decay_steps",
+    "decay_steps=nan",
+  ),
+  (
+    S.ExponentialDecay,
+    dict(initial_learning_rate=0.1, decay_steps="10", decay_rate=0.9),
+    TypeError,
+    "decay_steps",
+    "decay_steps='10'",
+  ),
+  (
+    S.ExponentialDecay,
+    dict(initial_learning_rate=0.1, decay_steps=10, decay_rate=-0.5),
+    ValueError,
+    "decay_rate",
+    "decay_rate=-0.5",
+  ),
+  (
+    S.ExponentialDecay,
+    dict(initial_learning_rate=INF, decay_steps=10, decay_rate=0.9),
+    ValueError,
+    "initial_learning_rate",
+    "initial_learning_rate=inf",
+  ),
+  (
+    S.ExponentialDecay,
+    dict(initial_learning_rate=True, decay_steps=10, decay_rate=0.9),
+    TypeError,
+    "initial_learning_rate",
+    "initial_learning_rate=True",
+  ),
+  (
+    S.ExponentialDecay,
+    dict(initial_learning_rate=None, decay_steps=10, decay_rate=0.9),
+    TypeError,
+    "initial_learning_rate",
+    "initial_learning_rate=None",
+  ),
+  (
+    S.ExponentialDecay,
+    dict(initial_learning_rate=[0.1], decay_steps=10, decay_rate=0.9),
+    TypeError,
+    "initial_learning_rate",
+    "initial_learning_rate=[0.1]",
+  ),
+  (
+    S.ExponentialDecay,
+    dict(initial_learning_rate=0.1, decay_steps=10, decay_rate=0.9, staircase="yes"),
+    TypeError,
+    "staircase",
+    "staircase='yes'",
+  ),
+  (
+    S.ExponentialDecay,
+    dict(initial_learning_rate=0.1, decay_steps=10, decay_rate=0.9, staircase=1),
+    TypeError,
+    "staircase",
+    "staircase=1",
+  ),
+  (
+    S.ExponentialDecay,
+    dict(initial_learning_rate=0.1, decay_steps=10, decay_rate=0.9, name=3),
+    TypeError,
+    "name",
+    "name=3",
+  ),
+  (
+    S.PiecewiseConstantDecay,
+    dict(boundaries=[5, 10], values=[1.0, 0.5]),
+    ValueError,
+    "boundaries",
+    "boundaries=[5, 10] of length 2, and values=[1.0, 0.5] of length 2",
+  ),
+  (
+    S.PiecewiseConstantDecay,
+    dict(boundaries=[5], values=[1.0, 0.5, 0.1]),
+    ValueError,
+    "values",
+    "values=[1.0, 0.5, 0.1] of length 3",
+  ),
+  (
+    S.PiecewiseConstantDecay,
+    dict(boundaries=[], values=[1.0]),
+    ValueError,
+    "boundaries",
+    "boundaries=[]",
+  ),
+  (
+    S.PiecewiseConstantDecay,
+    dict(boundaries=[10, 5], values=[1.0, 0.5, 0.1]),
+    ValueError,
+    "boundaries",
+    "boundaries=[10, 5]",
+  ),
+  (
+    S.PiecewiseConstantDecay,
+    dict(boundaries=[5, 5], values=[1.0, 0.5, 0.1]),
+    ValueError,
+    "boundaries",
+    "strictly increasing",
+  ),
+  (
+    S.PiecewiseConstantDecay,
+    dict(boundaries=5, values=[1.0, 0.5]),
+    TypeError,
+    "boundaries",
+    "boundaries=5",
+  ),
+  (
+    S.PiecewiseConstantDecay,
+    dict(boundaries=[5], values=[1.0, "0.5"]),
+    TypeError,
+    "values",
+    "values=[1.0, '0.5']",
+  ),
+  (
+    S.PiecewiseConstantDecay,
+    dict(boundaries=[5], values=[1.0, NAN]),
+    ValueError,
+    "values",
+    "values[1]=nan",
+  ),
+  (
+    S.PolynomialDecay,
+    dict(initial_learning_rate=0.1, decay_steps=0),
+    ValueError,
+    "decay_steps",
+    "decay_steps=0",
+  ),
+  (
+    S.PolynomialDecay,
+    dict(initial_learning_rate=0.1, decay_steps=10, end_learning_rate=None),
+    TypeError,
+    "end_learning_rate",
+    "end_learning_rate=None",
+  ),
+  (
+    S.PolynomialDecay,
+    dict(initial_learning_rate=0.1, decay_steps=10, power=INF),
+    ValueError,
+    "power",
+    "power=inf",
+  ),
+  (
+    S.PolynomialDecay,
+    dict(initial_learning_rate=0.1, decay_steps=10, cycle="no"),
+    TypeError,
+    "cycle",
+    "cycle='no'",
+  ),
+  (
+    S.InverseTimeDecay,
+    dict(initial_learning_rate=0.1, decay_steps=0.0, decay_rate=0.5),
+    ValueError,
+    "decay_steps",
+    "decay_steps=0.0",
+  ),
+  (
+    S.InverseTimeDecay,
+    dict(initial_learning_rate=0.1, decay_steps=1, decay_rate=-1),
+    ValueError,
+    "decay_rate",
+    "decay_rate=-1",
+  ),
+  (
+    S.InverseTimeDecay,
+    dict(initial_learning_rate=0.1, decay_steps=1, decay_rate=0.5, staircase=None),
+    TypeError,
+    "staircase",
+    "staircase=None",
+  ),
+  (
+    S.CosineDecay,
+    dict(initial_learning_rate=0.1, decay_steps=0),
+    ValueError,
+    "decay_steps",
+    "decay_steps=0",
+  ),
+  (
+    S.CosineDecay,
+    dict(initial_learning_rate=0.1, decay_steps=10, alpha=NAN),
+    ValueError,
+    "alpha",
+    "alpha=nan",
+  ),
+  (
+    S.CosineDecay,
+    dict(initial_learning_rate=0.1, decay_steps=10, warmup_target=0.2, warmup_steps=-1),
+    ValueError,
+    "warmup_steps",
+    "warmup_steps=-1",
+  ),
+  (
+    S.CosineDecay,
+    dict(initial_learning_rate=0.1, decay_steps=10, warmup_target="0.2"),
+    TypeError,
+    "warmup_target",
+    "warmup_target='0.2'",
+  ),
+  (
+    S.CosineDecay,
+    dict(initial_learning_rate=0.1, decay_steps=10, warmup_target=INF),
+    ValueError,
+    "warmup_target",
+    "warmup_target=inf",
+  ),
+  (
+    S.CosineDecayRestarts,
+    dict(initial_learning_rate=0.1, first_decay_steps=0),
+    ValueError,
+    "first_decay_steps",
+    "first_decay_steps=0",
+  ),
+  (
+    S.CosineDecayRestarts,
+    dict(initial_learning_rate=0.1, first_decay_steps=10, t_mul=0.0),
+    ValueError,
+    "t_mul",
+    "t_mul=0.0",
+  ),
+  (
+    S.CosineDecayRestarts,
+    dict(initial_learning_rate=0.1, first_decay_steps=10, t_mul=-2.0),
+    ValueError,
+    "t_mul",
+    "t_mul=-2.0",
+  ),
+  (
+    S.CosineDecayRestarts,
+    dict(initial_learning_rate=0.1, first_decay_steps=10, m_mul=INF),
+    ValueError,
+    "m_mul",
+    "m_mul=inf",
+  ),
+  (
+    S.CosineDecayRestarts,
+    dict(initial_learning_rate=0.1, first_decay_steps=10, alpha="0"),
+    TypeError,
+    "alpha",
+    "alpha='0'",
+  ),
 ]
 
 
-@pytest.mark.parametrize("cls, kwargs, exc, arg, received", INVALID, ids=[f"{c.__name__}-{a}-{i}" for i, (c, _, _, a, _) in enumerate(INVALID)])
+@pytest.mark.parametrize(
+  "cls, kwargs, exc, arg, received",
+  INVALID,
+  ids=[f"{c.__name__}-{a}-{i}" for i, (c, _, _, a, _) in enumerate(INVALID)],
+)
 def test_invalid_arguments(cls, kwargs, exc, arg, received):
   with pytest.raises(exc) as info:
     cls(**kwargs)

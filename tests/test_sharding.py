@@ -33,23 +33,32 @@ def worker_results():
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
   env["JAX_PLATFORMS"] = "cpu"
   env.pop("JAX_ENABLE_X64", None)
-  proc = subprocess.run([sys.executable, WORKER], env=env, capture_output=True, text=True,
-                        timeout=WORKER_TIMEOUT_S, cwd=os.path.dirname(HERE))
+  proc = subprocess.run(
+    [sys.executable, WORKER],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=WORKER_TIMEOUT_S,
+    cwd=os.path.dirname(HERE),
+  )
   results = {}
   for line in proc.stdout.splitlines():
     if line.startswith("RESULT "):
-      r = json.loads(line[len("RESULT "):])
+      r = json.loads(line[len("RESULT ") :])
       results[r["scenario"]] = r
   if not results:
-    pytest.fail(f"sharding worker produced no results (exit {proc.returncode}):\n"
-                f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    pytest.fail(
+      f"sharding worker produced no results (exit {proc.returncode}):\n"
+      f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    )
   results["_log"] = f"exit {proc.returncode}\n{proc.stderr[-3000:]}"
   return results
 
 
 def _check(results, name, report=None):
-  assert name in results, (f"scenario {name!r} did not run; got {sorted(results)}:\n"
-                           f"{results['_log']}")
+  assert name in results, (
+    f"scenario {name!r} did not run; got {sorted(results)}:\n{results['_log']}"
+  )
   r = results[name]
   assert r["ok"], f"scenario {name!r} failed:\n{r['error']}"
   if report is not None:
@@ -119,8 +128,10 @@ def test_state_shardings_specs_for_every_params_shaped_part():
   state = jax.eval_shape(tx.init, _abstract_params())
   assert optadam.state_shardings(state, SPECS) == out
   # optax.tree_map_params agrees.
-  assert optax.tree_map_params(tx, lambda _, s: s, state, SPECS,
-                               transform_non_params=lambda _: P()) == out
+  assert (
+    optax.tree_map_params(tx, lambda _, s: s, state, SPECS, transform_non_params=lambda _: P())
+    == out
+  )
 
 
 def test_state_shardings_zero1_rule():
@@ -132,10 +143,10 @@ def test_state_shardings_zero1_rule():
   assert out.adam.mu == expected and out.adam.nu == expected and out.ema.ema == expected
   assert out.adam.count == P()
   # A tuple of axes: size 8; w's (8) and b's (16) first dimensions divide, odd's (3, 5) don't.
-  out = optadam.state_shardings(state, {k: P() for k in SPECS}, zero1_axis=("data", "model"),
-                                mesh=MESH)
-  assert out.adam.mu == {"w": P(("data", "model")), "b": P(("data", "model")), "odd": P(),
-                         "s": P()}
+  out = optadam.state_shardings(
+    state, {k: P() for k in SPECS}, zero1_axis=("data", "model"), mesh=MESH
+  )
+  assert out.adam.mu == {"w": P(("data", "model")), "b": P(("data", "model")), "odd": P(), "s": P()}
   # Already split over the axis: unchanged.
   specs = dict(SPECS, w=P("data", None))
   out = optadam.state_shardings(state, specs, zero1_axis="data", mesh=MESH)
@@ -164,8 +175,9 @@ def test_state_shardings_with_real_shardings_masked_and_partitioned():
   masked = optax.masked(optadam.adam(use_ema=True), {"w": True, "b": False})
   state = masked.init(params)
   # A pytree mask: the placeholder cannot be masked, so the abstract state is matched.
-  abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k])
-              for k, v in params.items()}
+  abstract = {
+    k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shardings[k]) for k, v in params.items()
+  }
   out = optadam.state_shardings(masked, abstract)
   assert out.inner_state.adam.mu["w"] == sh
   assert isinstance(out.inner_state.adam.mu["b"], optax.MaskedNode)
@@ -174,38 +186,47 @@ def test_state_shardings_with_real_shardings_masked_and_partitioned():
   # jit(init, out_shardings=...) accepts it.
   jax.jit(masked.init, out_shardings=out)(params)
 
-  part = optax.partition({"train": optadam.adam(use_ema=True), "frozen": optax.set_to_zero()},
-                         {"w": "train", "b": "frozen"})
+  part = optax.partition(
+    {"train": optadam.adam(use_ema=True), "frozen": optax.set_to_zero()},
+    {"w": "train", "b": "frozen"},
+  )
   out = optadam.state_shardings(part, abstract)
   inner = out.inner_states["train"].inner_state
   assert inner.adam.mu["w"] == sh and isinstance(inner.ema.ema["b"], optax.MaskedNode)
   jax.jit(part.init, out_shardings=out)(params)
 
   # A single array as the parameters.
-  out = optadam.state_shardings(optadam.adam(), jax.ShapeDtypeStruct((4,), jnp.float32,
-                                                                     sharding=sh))
+  out = optadam.state_shardings(
+    optadam.adam(), jax.ShapeDtypeStruct((4,), jnp.float32, sharding=sh)
+  )
   assert out.adam.mu == sh and out.adam.count == rep
 
 
-@pytest.mark.parametrize("wrapper", ["inject_hyperparams", "multisteps", "apply_if_finite",
-                                     "named_chain"])
+@pytest.mark.parametrize(
+  "wrapper", ["inject_hyperparams", "multisteps", "apply_if_finite", "named_chain"]
+)
 def test_state_shardings_through_optax_wrappers(wrapper):
   mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   sh, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   params = {"w": jax.device_put(jnp.ones((4, 2)), sh), "b": jax.device_put(jnp.ones(2), rep)}
   tx = {
-      "inject_hyperparams": lambda: optax.inject_hyperparams(optadam.adam)(
-          learning_rate=0.1, use_ema=True),
-      "multisteps": lambda: optax.MultiSteps(optadam.adam(use_ema=True), 4),
-      "apply_if_finite": lambda: optax.apply_if_finite(optadam.adam(amsgrad=True), 3),
-      "named_chain": lambda: optax.named_chain(("clip", optax.clip(1.0)),
-                                               ("adam", optadam.adam(amsgrad=True))),
+    "inject_hyperparams": lambda: optax.inject_hyperparams(optadam.adam)(
+      learning_rate=0.1, use_ema=True
+    ),
+    "multisteps": lambda: optax.MultiSteps(optadam.adam(use_ema=True), 4),
+    "apply_if_finite": lambda: optax.apply_if_finite(optadam.adam(amsgrad=True), 3),
+    "named_chain": lambda: optax.named_chain(
+      ("clip", optax.clip(1.0)), ("adam", optadam.adam(amsgrad=True))
+    ),
   }[wrapper]()
   for arg in (jax.tree.map(lambda p: p.sharding, params), params):
     out = optadam.state_shardings(tx, arg)
     state = jax.jit(tx.init, out_shardings=out)(params)
-    inner = [x for x in jax.tree.leaves(out, is_leaf=lambda x: isinstance(x, optadam.AdamState))
-             if isinstance(x, optadam.AdamState)]
+    inner = [
+      x
+      for x in jax.tree.leaves(out, is_leaf=lambda x: isinstance(x, optadam.AdamState))
+      if isinstance(x, optadam.AdamState)
+    ]
     assert len(inner) == 1
     assert inner[0].adam.mu == {"w": sh, "b": rep} and inner[0].adam.count == rep
     s_leaves = jax.tree.leaves(out, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))

@@ -27,8 +27,15 @@ SPARSE = ("emb", "vec")
 
 # --- gradient sequences: raw (values, ids) pairs, converted to each form --------------------
 
-def make_raw_grads(steps: int, seed: int = 0, *, dup: bool = True, scale: float = 1.0,
-                   none_at: tuple[tuple[int, str], ...] = ()) -> list[dict[str, Any]]:
+
+def make_raw_grads(
+  steps: int,
+  seed: int = 0,
+  *,
+  dup: bool = True,
+  scale: float = 1.0,
+  none_at: tuple[tuple[int, str], ...] = (),
+) -> list[dict[str, Any]]:
   """Per step: "emb" and "vec" as (values, ids) with out-of-order (and duplicate) ids; "bias" dense."""
   rng = np.random.default_rng(seed)
   out = []
@@ -44,9 +51,9 @@ def make_raw_grads(steps: int, seed: int = 0, *, dup: bool = True, scale: float 
     if np.all(np.diff(ids) >= 0):
       ids = ids[::-1].copy()  # never sorted
     step = {
-        "emb": ((rng.normal(size=(6, D)) * scale).astype(np.float32), ids.astype(np.int32)),
-        "vec": ((rng.normal(size=5) * scale).astype(np.float32), vids.astype(np.int32)),
-        "bias": (rng.normal(size=D) * scale).astype(np.float32),
+      "emb": ((rng.normal(size=(6, D)) * scale).astype(np.float32), ids.astype(np.int32)),
+      "vec": ((rng.normal(size=5) * scale).astype(np.float32), vids.astype(np.int32)),
+      "bias": (rng.normal(size=D) * scale).astype(np.float32),
     }
     for at, key in none_at:
       if at == s:
@@ -67,14 +74,20 @@ def densify(raw: dict[str, Any], shapes=SHAPES) -> dict[str, Optional[np.ndarray
 
 
 def as_indexed_slices(raw: dict[str, Any], shapes=SHAPES) -> dict[str, Any]:
-  return {k: optadam.IndexedSlices(g[0], g[1], shapes[k]) if isinstance(g, tuple) else g
-          for k, g in raw.items()}
+  return {
+    k: optadam.IndexedSlices(g[0], g[1], shapes[k]) if isinstance(g, tuple) else g
+    for k, g in raw.items()
+  }
 
 
 def as_bcoo_rows(raw: dict[str, Any], shapes=SHAPES) -> dict[str, Any]:
   """BCOO with indices [nse, 1] (row sparsity; n_dense = trailing dims)."""
-  return {k: jsparse.BCOO((jnp.asarray(g[0]), jnp.asarray(g[1])[:, None]), shape=shapes[k])
-          if isinstance(g, tuple) else g for k, g in raw.items()}
+  return {
+    k: jsparse.BCOO((jnp.asarray(g[0]), jnp.asarray(g[1])[:, None]), shape=shapes[k])
+    if isinstance(g, tuple)
+    else g
+    for k, g in raw.items()
+  }
 
 
 def as_bcoo_elements(raw: dict[str, Any], shapes=SHAPES) -> dict[str, Any]:
@@ -84,11 +97,17 @@ def as_bcoo_elements(raw: dict[str, Any], shapes=SHAPES) -> dict[str, Any]:
     if isinstance(g, tuple):
       values, ids = g
       trailing = values.shape[1:]
-      pos = np.stack(np.meshgrid(*[np.arange(n) for n in trailing], indexing="ij"), -1).reshape(
-          -1, len(trailing)) if trailing else np.zeros((1, 0), np.int64)
+      pos = (
+        np.stack(np.meshgrid(*[np.arange(n) for n in trailing], indexing="ij"), -1).reshape(
+          -1, len(trailing)
+        )
+        if trailing
+        else np.zeros((1, 0), np.int64)
+      )
       idx = np.concatenate([np.repeat(ids, len(pos))[:, None], np.tile(pos, (len(ids), 1))], 1)
-      g = jsparse.BCOO((jnp.asarray(values.reshape(-1)), jnp.asarray(idx, jnp.int32)),
-                       shape=shapes[k])
+      g = jsparse.BCOO(
+        (jnp.asarray(values.reshape(-1)), jnp.asarray(idx, jnp.int32)), shape=shapes[k]
+      )
     out[k] = g
   return out
 
@@ -97,13 +116,18 @@ def keras_clip_raw(raw_steps, *, clipnorm=None, global_clipnorm=None, clipvalue=
   """Keras's clipping on the RAW values (duplicates not summed), in float64."""
   out = []
   for step in raw_steps:
-    vals = {k: np.asarray(g[0] if isinstance(g, tuple) else g, np.float64)
-            for k, g in step.items() if g is not None}
+    vals = {
+      k: np.asarray(g[0] if isinstance(g, tuple) else g, np.float64)
+      for k, g in step.items()
+      if g is not None
+    }
     if clipnorm:
       vals = {k: v * clipnorm / max(np.sqrt(np.sum(v * v)), clipnorm) for k, v in vals.items()}
     elif global_clipnorm:
       n = np.sqrt(sum(np.sum(v * v) for v in vals.values()))
-      vals = {k: v * (global_clipnorm * min(1.0 / n, 1.0 / global_clipnorm)) for k, v in vals.items()}
+      vals = {
+        k: v * (global_clipnorm * min(1.0 / n, 1.0 / global_clipnorm)) for k, v in vals.items()
+      }
     elif clipvalue:
       vals = {k: np.clip(v, -clipvalue, clipvalue) for k, v in vals.items()}
     new = {}
@@ -128,6 +152,7 @@ run = run_optadam  # accepts IndexedSlices / BCOO / None gradient leaves
 
 # --- sparse == dense through optadam.adam --------------------------------------------------
 
+
 @dataclasses.dataclass
 class Case:
   name: str
@@ -140,30 +165,51 @@ class Case:
 
 
 CASES = [
-    Case("defaults", {}),
-    Case("lr=0.1, epsilon=1e-3, beta schedules", {"learning_rate": 0.1, "epsilon": 1e-3,
-                                                  "beta_1": lambda step: 0.9,
-                                                  "beta_2": lambda step: 0.99}),
-    Case("amsgrad", {"amsgrad": True, "learning_rate": 0.01}, bcoo=True),
-    Case("weight_decay", {"weight_decay": 0.05, "learning_rate": 0.01}),
-    Case("clipnorm", {"clipnorm": 0.5}, scale=10.0, clip=True, bcoo=True),
-    Case("global_clipnorm", {"global_clipnorm": 0.5}, scale=10.0, clip=True),
-    Case("clipvalue", {"clipvalue": 0.3}, scale=3.0, clip=True),
-    Case("clipnorm, no duplicates", {"clipnorm": 0.5}, dup=False, scale=10.0),
-    Case("ema, overwrite every 3", {"use_ema": True, "ema_momentum": 0.9,
-                                    "ema_overwrite_frequency": 3, "learning_rate": 0.01}),
-    Case("None mixed in", {"learning_rate": 0.01},
-         none_at=((2, "emb"), (4, "bias"), (4, "vec"))),
-    Case("all on", {"amsgrad": True, "weight_decay": 0.01, "clipnorm": 1.0, "use_ema": True,
-                    "ema_overwrite_frequency": 3, "learning_rate": 0.01}, scale=3.0, clip=True,
-         none_at=((5, "emb"),)),
+  Case("defaults", {}),
+  Case(
+    "lr=0.1, epsilon=1e-3, beta schedules",
+    {
+      "learning_rate": 0.1,
+      "epsilon": 1e-3,
+      "beta_1": lambda step: 0.9,
+      "beta_2": lambda step: 0.99,
+    },
+  ),
+  Case("amsgrad", {"amsgrad": True, "learning_rate": 0.01}, bcoo=True),
+  Case("weight_decay", {"weight_decay": 0.05, "learning_rate": 0.01}),
+  Case("clipnorm", {"clipnorm": 0.5}, scale=10.0, clip=True, bcoo=True),
+  Case("global_clipnorm", {"global_clipnorm": 0.5}, scale=10.0, clip=True),
+  Case("clipvalue", {"clipvalue": 0.3}, scale=3.0, clip=True),
+  Case("clipnorm, no duplicates", {"clipnorm": 0.5}, dup=False, scale=10.0),
+  Case(
+    "ema, overwrite every 3",
+    {"use_ema": True, "ema_momentum": 0.9, "ema_overwrite_frequency": 3, "learning_rate": 0.01},
+  ),
+  Case("None mixed in", {"learning_rate": 0.01}, none_at=((2, "emb"), (4, "bias"), (4, "vec"))),
+  Case(
+    "all on",
+    {
+      "amsgrad": True,
+      "weight_decay": 0.01,
+      "clipnorm": 1.0,
+      "use_ema": True,
+      "ema_overwrite_frequency": 3,
+      "learning_rate": 0.01,
+    },
+    scale=3.0,
+    clip=True,
+    none_at=((5, "emb"),),
+  ),
 ]
 
 
 def _dense_run(case: Case, params0, raw):
-  if case.clip:  # Keras clips the raw values before summing duplicates: clip here, not in the dense tx
-    clip_kw = {k: case.kwargs[k] for k in ("clipnorm", "global_clipnorm", "clipvalue")
-               if k in case.kwargs}
+  if (
+    case.clip
+  ):  # Keras clips the raw values before summing duplicates: clip here, not in the dense tx
+    clip_kw = {
+      k: case.kwargs[k] for k in ("clipnorm", "global_clipnorm", "clipvalue") if k in case.kwargs
+    }
     kwargs = {k: v for k, v in case.kwargs.items() if k not in clip_kw}
     raw = keras_clip_raw(raw, **clip_kw)
   else:
@@ -182,8 +228,12 @@ def test_sparse_equals_dense(case: Case, report):
   err = worst_relative(sparse, dense)
   report(f"sparse vs dense / {case.name}", f"{err:.2e}")
   assert err <= 1e-6, f"{case.name}: {err}"
-  np.testing.assert_allclose(np.asarray(sparse_state.adam.nu["emb"]),
-                             np.asarray(dense_state.adam.nu["emb"]), rtol=1e-5, atol=1e-12)
+  np.testing.assert_allclose(
+    np.asarray(sparse_state.adam.nu["emb"]),
+    np.asarray(dense_state.adam.nu["emb"]),
+    rtol=1e-5,
+    atol=1e-12,
+  )
   # Rows without a gradient this step still move (momentum); rows never touched do not.
   if raw[-1]["emb"] is not None:
     idle = sorted(set(range(TOUCHED)) - set(raw[-1]["emb"][1].tolist()))
@@ -201,20 +251,28 @@ def test_eager_equals_jit():
   params0 = {"emb": make_params()["emb"]}
   raw = [{"emb": g["emb"]} for g in make_raw_grads(2)]
   jitted, _ = run(optadam.adam(learning_rate=0.01), params0, [as_indexed_slices(g) for g in raw])
-  eager, _ = run(optadam.adam(learning_rate=0.01, jit_compile=False), params0,
-                 [as_indexed_slices(g) for g in raw], jit=False)
+  eager, _ = run(
+    optadam.adam(learning_rate=0.01, jit_compile=False),
+    params0,
+    [as_indexed_slices(g) for g in raw],
+    jit=False,
+  )
   assert worst_relative(eager, jitted) <= 1e-6
 
 
-@hypothesis.settings(max_examples=6, deadline=None, derandomize=True,
-                     suppress_health_check=[hypothesis.HealthCheck.too_slow])
+@hypothesis.settings(
+  max_examples=6,
+  deadline=None,
+  derandomize=True,
+  suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
 @hypothesis.given(
-    rows=st.integers(1, 10),
-    trailing=st.sampled_from([(), (1,), (3,), (2, 2)]),
-    ids=st.lists(st.integers(0, 9), min_size=0, max_size=12),
-    form=st.sampled_from(["indexed_slices", "bcoo_rows", "bcoo_elements"]),
-    amsgrad=st.booleans(),
-    seed=st.integers(0, 2**16),
+  rows=st.integers(1, 10),
+  trailing=st.sampled_from([(), (1,), (3,), (2, 2)]),
+  ids=st.lists(st.integers(0, 9), min_size=0, max_size=12),
+  form=st.sampled_from(["indexed_slices", "bcoo_rows", "bcoo_elements"]),
+  amsgrad=st.booleans(),
+  seed=st.integers(0, 2**16),
 )
 def test_hypothesis_shapes_and_index_patterns(rows, trailing, ids, form, amsgrad, seed):
   shape = (rows,) + trailing
@@ -222,10 +280,20 @@ def test_hypothesis_shapes_and_index_patterns(rows, trailing, ids, form, amsgrad
   rng = np.random.default_rng(seed)
   shapes = {"t": shape}
   params0 = make_params(shapes, seed)
-  raw = [{"t": (rng.normal(size=(len(ids),) + trailing).astype(np.float32),
-                rng.permutation(ids).astype(np.int32))} for _ in range(3)]
-  convert = {"indexed_slices": as_indexed_slices, "bcoo_rows": as_bcoo_rows,
-             "bcoo_elements": as_bcoo_elements}[form]
+  raw = [
+    {
+      "t": (
+        rng.normal(size=(len(ids),) + trailing).astype(np.float32),
+        rng.permutation(ids).astype(np.int32),
+      )
+    }
+    for _ in range(3)
+  ]
+  convert = {
+    "indexed_slices": as_indexed_slices,
+    "bcoo_rows": as_bcoo_rows,
+    "bcoo_elements": as_bcoo_elements,
+  }[form]
   tx = optadam.adam(learning_rate=0.05, amsgrad=amsgrad)
   dense, _ = run(tx, params0, [densify(g, shapes) for g in raw])
   sparse, _ = run(tx, params0, [convert(g, shapes) for g in raw])
@@ -234,16 +302,19 @@ def test_hypothesis_shapes_and_index_patterns(rows, trailing, ids, form, amsgrad
 
 # --- Keras's duplicate handling and clipping order -----------------------------------------
 
+
 def test_duplicates_are_summed_before_squaring():
   """Rows 1 and 7 on the same index: v gets (1-b2)*8**2 (Keras), not (1-b2)*(1+49)."""
   tx = optadam.scale_by_keras_adam()
   state = tx.init(jnp.zeros((4, 1)))
   g = optadam.IndexedSlices(jnp.array([[1.0], [7.0]]), jnp.array([2, 2]), (4, 1))
   _, state = tx.update(g, state)
-  np.testing.assert_array_equal(np.asarray(state.nu)[:, 0],
-                                np.float32([0, 0, np.float32(1.0 - 0.999) * 64, 0]))
-  np.testing.assert_array_equal(np.asarray(state.mu)[:, 0],
-                                np.float32([0, 0, np.float32(1.0 - 0.9) * 8, 0]))
+  np.testing.assert_array_equal(
+    np.asarray(state.nu)[:, 0], np.float32([0, 0, np.float32(1.0 - 0.999) * 64, 0])
+  )
+  np.testing.assert_array_equal(
+    np.asarray(state.mu)[:, 0], np.float32([0, 0, np.float32(1.0 - 0.9) * 8, 0])
+  )
 
 
 def test_keras_rounding_form_of_the_sparse_moments():
@@ -254,7 +325,8 @@ def test_keras_rounding_form_of_the_sparse_moments():
   values = rng.normal(size=(3, 2)).astype(np.float32)
   g = optadam.IndexedSlices(values, np.array([4, 0, 4]), (5, 2))
   m, v = jax.jit(optadam.sparse.keras_moments, static_argnums=(3, 4))(
-      g, jnp.asarray(m0), jnp.asarray(v0), 1.0 - 0.9, 1.0 - 0.999)
+    g, jnp.asarray(m0), jnp.asarray(v0), 1.0 - 0.9, 1.0 - 0.999
+  )
   c1, c2 = np.float32(1.0 - 0.9), np.float32(1.0 - 0.999)
   s = np.zeros((5, 2), np.float32)
   np.add.at(s, [4, 0, 4], values)
@@ -267,25 +339,31 @@ def test_keras_rounding_form_of_the_sparse_moments():
   np.testing.assert_array_equal(np.asarray(v), want_v)
 
 
-@pytest.mark.parametrize("kwargs, first_moment", [
+@pytest.mark.parametrize(
+  "kwargs, first_moment",
+  [
     ({"clipvalue": 2.0}, 1.0 + 2.0),  # Keras clips 1 and 7 first; dense would give clip(8) = 2
     ({"clipnorm": 1.0}, 8.0 / np.sqrt(50.0)),  # norm over the raw values, sqrt(1 + 49)
     ({"global_clipnorm": 1.0}, 8.0 / np.sqrt(50.0)),
-])
+  ],
+)
 def test_clipping_uses_the_raw_values(kwargs, first_moment):
   tx = optadam.adam(**kwargs)
   state = tx.init({"t": jnp.zeros((3, 1))})
   g = optadam.IndexedSlices(jnp.array([[1.0], [7.0]]), jnp.array([1, 1]), (3, 1))
   _, state = tx.update({"t": g}, state)
-  np.testing.assert_allclose(np.asarray(state.adam.mu["t"])[:, 0],
-                             [0.0, (1.0 - 0.9) * first_moment, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(state.adam.mu["t"])[:, 0], [0.0, (1.0 - 0.9) * first_moment, 0.0], rtol=1e-6
+  )
 
 
 def test_clip_transforms_keep_indexed_slices():
   g = optadam.IndexedSlices(jnp.array([[3.0, 0.0], [0.0, 4.0]]), jnp.array([0, 2]), (3, 2))
-  for tx, want in [(optadam.clip_by_tensor_norm(1.0), [[0.6, 0.0], [0.0, 0.8]]),
-                   (optadam.clip_by_keras_global_norm(1.0), [[0.6, 0.0], [0.0, 0.8]]),
-                   (optadam.clip_by_value(1.0), [[1.0, 0.0], [0.0, 1.0]])]:
+  for tx, want in [
+    (optadam.clip_by_tensor_norm(1.0), [[0.6, 0.0], [0.0, 0.8]]),
+    (optadam.clip_by_keras_global_norm(1.0), [[0.6, 0.0], [0.0, 0.8]]),
+    (optadam.clip_by_value(1.0), [[1.0, 0.0], [0.0, 1.0]]),
+  ]:
     out, _ = jax.jit(tx.update)({"g": g, "none": None}, tx.init(None))
     assert isinstance(out["g"], optadam.IndexedSlices) and out["none"] is None
     np.testing.assert_allclose(np.asarray(out["g"].values), want, rtol=1e-6)
@@ -295,14 +373,31 @@ def test_clip_transforms_keep_indexed_slices():
 
 # --- float64 reference -----------------------------------------------------------------------
 
+
 def test_matches_float64_reference():
-  kwargs = {"learning_rate": 0.01, "amsgrad": True, "weight_decay": 0.02, "use_ema": True,
-            "ema_overwrite_frequency": 4}
+  kwargs = {
+    "learning_rate": 0.01,
+    "amsgrad": True,
+    "weight_decay": 0.02,
+    "use_ema": True,
+    "ema_overwrite_frequency": 4,
+  }
   params0 = make_params()
   raw = make_raw_grads(15, none_at=((3, "emb"),))
-  raw64 = [{k: None if g is None else (g[0].astype(np.float64), g[1].astype(np.int64))
-            if isinstance(g, tuple) else g.astype(np.float64) for k, g in s.items()} for s in raw]
-  ref, _ = reference_adam(params0, [densify(g) for g in raw64], **kwargs)  # duplicates summed in f64
+  raw64 = [
+    {
+      k: None
+      if g is None
+      else (g[0].astype(np.float64), g[1].astype(np.int64))
+      if isinstance(g, tuple)
+      else g.astype(np.float64)
+      for k, g in s.items()
+    }
+    for s in raw
+  ]
+  ref, _ = reference_adam(
+    params0, [densify(g) for g in raw64], **kwargs
+  )  # duplicates summed in f64
   ours32, _ = run(optadam.adam(**kwargs), params0, [as_indexed_slices(g) for g in raw])
   assert worst_relative(ours32, ref) <= 5e-4 * kwargs["learning_rate"]
   with jax.enable_x64(True):
@@ -313,6 +408,7 @@ def test_matches_float64_reference():
 
 
 # --- an embedding model in Flax whose lookup gradient is an IndexedSlices -------------------
+
 
 @jax.custom_vjp
 def embedding_lookup(table, ids, row_tap):
@@ -352,8 +448,13 @@ def test_flax_embedding_model_trains_like_dense():
   vocab, features, batch, length = 50, 4, 8, 5
   model = Recommender(vocab, features)
   rng = np.random.default_rng(0)
-  data = [(jnp.asarray(rng.integers(0, vocab - 10, size=(batch, length)), jnp.int32),
-           jnp.asarray(rng.normal(size=batch), jnp.float32)) for _ in range(6)]
+  data = [
+    (
+      jnp.asarray(rng.integers(0, vocab - 10, size=(batch, length)), jnp.int32),
+      jnp.asarray(rng.normal(size=batch), jnp.float32),
+    )
+    for _ in range(6)
+  ]
   params0 = model.init(jax.random.key(0), data[0][0])["params"]
   tx = optadam.adam(learning_rate=0.01, weight_decay=0.01)
 
@@ -376,8 +477,12 @@ def test_flax_embedding_model_trains_like_dense():
 
     tap = jnp.zeros(ids.shape + (features,), table.dtype)
     g_rest, g_rows = jax.grad(loss, argnums=(0, 1))(rest, tap)
-    grads = {**g_rest, "embedding": optadam.IndexedSlices(
-        g_rows.reshape(-1, features), ids.reshape(-1), table.shape)}
+    grads = {
+      **g_rest,
+      "embedding": optadam.IndexedSlices(
+        g_rows.reshape(-1, features), ids.reshape(-1), table.shape
+      ),
+    }
     updates, state = tx.update(grads, state, params)
     return optadam.apply_updates(params, updates), state
 
@@ -387,30 +492,46 @@ def test_flax_embedding_model_trains_like_dense():
     history = []
     for ids, y in data:
       params, state = step(params, state, ids, y)
-      history.append({"/".join(map(str, path)): np.asarray(leaf)
-                      for path, leaf in jax.tree_util.tree_leaves_with_path(params)})
+      history.append(
+        {
+          "/".join(map(str, path)): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        }
+      )
     results[name] = history
   assert worst_relative(results["sparse"], results["dense"]) <= 1e-6
   # The table moved, including rows no example looked up (momentum).
-  assert not np.allclose(results["sparse"][-1]["['embedding']"][-10:],
-                         np.asarray(params0["embedding"])[-10:])
+  assert not np.allclose(
+    results["sparse"][-1]["['embedding']"][-10:], np.asarray(params0["embedding"])[-10:]
+  )
 
 
 # --- foreign optax transforms fail loudly ----------------------------------------------------
+
 
 def _sparse_grads():
   return {"t": optadam.IndexedSlices(jnp.ones((2, 3)), jnp.array([4, 1]), (6, 3))}
 
 
-@pytest.mark.parametrize("tx, match", [
+@pytest.mark.parametrize(
+  "tx, match",
+  [
     (optax.scale(0.1), "optadam.IndexedSlices"),
     (optax.clip(1.0), "optadam.IndexedSlices"),
     (optax.scale_by_adam(), "IndexedSlices"),
     (optax.sgd(0.1, momentum=0.9), "IndexedSlices"),
     (optax.chain(optax.scale(-1.0), optadam.adam()), "optadam.IndexedSlices"),
     (optax.clip_by_global_norm(1.0), None),  # optax calls `.real`: JAX's NotImplementedError
-], ids=["scale", "clip", "scale_by_adam", "sgd-momentum", "scale-then-optadam",
-        "clip_by_global_norm"])
+  ],
+  ids=[
+    "scale",
+    "clip",
+    "scale_by_adam",
+    "sgd-momentum",
+    "scale-then-optadam",
+    "clip_by_global_norm",
+  ],
+)
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
 def test_foreign_optax_transforms_raise(tx, match, jit):
   params = {"t": jnp.zeros((6, 3))}
@@ -432,6 +553,7 @@ def test_rebuilding_with_numeric_indices_raises():
 
 
 # --- no dense gradient: memory of the compiled step -----------------------------------------
+
 
 def test_sparse_step_memory_is_no_larger_than_dense():
   rows, features, k = 100_000, 16, 64
@@ -457,8 +579,12 @@ def test_sparse_step_memory_is_no_larger_than_dense():
   def analyse(fn, *args):
     compiled = jax.jit(fn, donate_argnums=(0, 1)).lower(*args).compile()
     ma = compiled.memory_analysis()
-    peak = (ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
-            - ma.alias_size_in_bytes)
+    peak = (
+      ma.argument_size_in_bytes
+      + ma.output_size_in_bytes
+      + ma.temp_size_in_bytes
+      - ma.alias_size_in_bytes
+    )
     return ma, peak
 
   sparse_ma, sparse_peak = analyse(sparse_step, params, state, values, ids)
@@ -474,6 +600,7 @@ def test_sparse_step_memory_is_no_larger_than_dense():
 
 
 # --- the IndexedSlices type ------------------------------------------------------------------
+
 
 def test_indexed_slices_pytree_and_accessors():
   g = optadam.IndexedSlices(np.ones((3, 2), np.float32), [5, 0, 5], (7, 2))
@@ -535,15 +662,18 @@ def test_out_of_range_traced_indices_are_dropped():
 def test_inject_hyperparams_and_16_bit_values():
   table = jnp.asarray(make_params({"t": (10, 3)})["t"])
   values = jnp.arange(6.0).reshape(2, 3)
-  for tx, values in [(optax.inject_hyperparams(optadam.adam)(learning_rate=0.01), values),
-                     (optadam.adam(0.01), values.astype(jnp.bfloat16))]:
+  for tx, values in [
+    (optax.inject_hyperparams(optadam.adam)(learning_rate=0.01), values),
+    (optadam.adam(0.01), values.astype(jnp.bfloat16)),
+  ]:
     g = optadam.IndexedSlices(values, jnp.array([4, 4]), (10, 3))
     update = jax.jit(tx.update)
     u_sparse, _ = update(g, tx.init(table), table)
     u_dense, _ = update(g.to_dense(), tx.init(table), table)
     assert u_sparse.dtype == u_dense.dtype == values.dtype
-    np.testing.assert_allclose(np.asarray(u_sparse, np.float32), np.asarray(u_dense, np.float32),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+      np.asarray(u_sparse, np.float32), np.asarray(u_dense, np.float32), rtol=1e-6
+    )
 
 
 def test_empty_gradient_decays_moments():
