@@ -5,15 +5,18 @@ napoleon (Google-style docstrings). The notebooks of `notebooks/` are copied int
 `docs/notebooks/` (git-ignored) when the build starts, so the files exist once in git and every
 new `notebooks/*.ipynb` appears on the notebooks page by itself (a glob toctree).
 
-Nothing is fetched over the network: no intersphinx inventories, no remote images.
+Nothing is fetched over the network, at build time or by a reader's browser: no intersphinx
+inventories, no remote images (the notebooks' Colab badges become plain links in the copies).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 import pathlib
+import re
 import sys
 
 DOCS = pathlib.Path(__file__).resolve().parent
@@ -58,7 +61,7 @@ napoleon_use_rtype = False
 
 # -- MyST / notebooks ----------------------------------------------------------------------------
 
-myst_enable_extensions = ["colon_fence", "dollarmath"]
+myst_enable_extensions = ["colon_fence"]  # no dollarmath: MathJax would load from a CDN
 myst_heading_anchors = 3
 
 # The notebooks are committed without outputs and executed by `make test`
@@ -68,6 +71,23 @@ nb_execution_mode = os.environ.get("OPTADAM_DOCS_EXECUTE", "off")
 nb_execution_timeout = 300
 nb_execution_raise_on_error = True
 nb_merge_streams = True
+
+
+# A remote image in a markdown cell (the "Open In Colab" badge) becomes a plain link, so that
+# the site loads nothing from elsewhere: [![alt](https://image)](https://target) -> [alt](target).
+_LINKED_REMOTE_IMAGE = re.compile(r"\[!\[([^\]]*)\]\(https?://[^)\s]+\)\]\(([^)\s]+)\)")
+_REMOTE_IMAGE = re.compile(r"!\[([^\]]*)\]\((https?://[^)\s]+)\)")
+
+
+def _local_images_only(notebook: bytes) -> bytes:
+  nb = json.loads(notebook)
+  for cell in nb.get("cells", []):
+    if cell.get("cell_type") != "markdown":
+      continue
+    text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    text = _LINKED_REMOTE_IMAGE.sub(r"[\1](\2)", text)
+    cell["source"] = _REMOTE_IMAGE.sub(r"[\1](\2)", text)
+  return (json.dumps(nb, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _copy_notebooks() -> None:
@@ -80,7 +100,7 @@ def _copy_notebooks() -> None:
     if stale.name not in wanted:
       stale.unlink()
   for name, path in wanted.items():
-    data = path.read_bytes()
+    data = _local_images_only(path.read_bytes())
     copy = target / name
     if not copy.exists() or copy.read_bytes() != data:
       copy.write_bytes(data)
