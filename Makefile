@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test bench golden clean
+.PHONY: demo test bench golden docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,18 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info docs/_build docs/notebooks
+
+# The documentation site (docs/, Sphinx + MyST + myst-nb): the [docs] extra in .venv, then
+# docs/_build/html with warnings as errors. Open docs/_build/html/index.html.
+DOCS_STAMP := $(VENV)/.installed-docs
+
+$(DOCS_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
 
 # Golden trajectories from the real TF 2.15 tf.keras.optimizers.Adam, written to tests/golden/
 # (see tools/README.md). Needs a Python that TF 2.15 supports (3.9-3.11); override with TF_PYTHON=.
