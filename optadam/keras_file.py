@@ -361,6 +361,9 @@ def _read_h5(path: str, h5py) -> KerasFile:
       opt_names = _name_list(opt_group, "weight_names")
       opt_values = [np.asarray(opt_group[n]) for n in opt_names]
   trainable = _trainable_from_slot_names(opt_names, weights)
+  slot_shapes = _first_moment_shapes(version, optimizer, opt_values)
+  if trainable is not None and slot_shapes != [np.shape(weights[k]) for k in trainable]:
+    trainable = None
   return KerasFile(
     path=path,
     format="h5",
@@ -375,12 +378,20 @@ def _read_h5(path: str, h5py) -> KerasFile:
 
 
 def _trainable_from_slot_names(opt_names: list[str], weights: dict) -> Optional[tuple[str, ...]]:
-  """Keras 2 names its first-moment slots ``<Optimizer>/m/<variable>:0``: the trainables."""
+  """The trainables, from the first-moment slots' names.
+
+  Keras 2 names them ``<Optimizer>/m/<variable>:0``; Keras 3
+  ``<optimizer>/<variable path with "/" as "_">_momentum``.
+  """
   found = []
+  flat = {k.replace("/", "_"): k for k in weights}
   for n in opt_names:
-    m = re.fullmatch(r"(?:.*/)?m/(.+?)(?::\d+)?", n)
-    if m and m.group(1) in weights and "/average/" not in n:
-      found.append(m.group(1))
+    keras2 = re.fullmatch(r"(?:[^/]+/)?m/(.+?)(?::\d+)?", n)
+    keras3 = re.fullmatch(r"[^/]+/(.+)_momentum", n)
+    if keras2 and keras2.group(1) in weights:
+      found.append(keras2.group(1))
+    elif keras3 and keras3.group(1) in flat:
+      found.append(flat[keras3.group(1)])
   return tuple(found) if found else None
 
 

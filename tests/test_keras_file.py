@@ -1,10 +1,12 @@
 """Resuming a Keras run from its saved file: `optadam.read_keras_file` / `from_keras_file`.
 
 The files in tests/fixtures/keras_files/ were written by the real TF 2.15.1 (``tf215_*``: .keras
-and legacy .h5) and Keras 3 (``keras3_*``: .keras) with `tools/make_keras_files.py`: Keras trained
-10 steps on known gradients, saved, and trained 10 more (the continuation, in the .npz). Here
-optadam resumes from each file and must follow Keras's continuation step by step. Reading needs
-numpy and h5py only; TensorFlow is never imported.
+and legacy .h5) and Keras 3 (``keras3_*``: .keras and .h5) with `tools/make_keras_files.py`: Keras
+trained 10 steps on known gradients, saved, and trained 10 more (the continuation, in the .npz).
+Here optadam resumes from each file and must follow Keras's continuation step by step (float32,
+within MAX_ULPS at each tensor's scale), calling `tx.update` outside any jit ("eager"), inside the
+user's `jax.jit` ("jit") and op by op ("op-by-op"). Reading needs numpy and h5py only; TensorFlow
+and Keras are never imported by optadam.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def _load_meta() -> dict[str, dict]:
 META = _load_meta()
 FILES = [(base, f) for base, meta in META.items() for f in meta["files"]]
 FLAX_PATHS = ["dense/kernel", "dense/bias", "dense_1/kernel", "dense_1/bias"]
-MAX_ULPS = 4  # float32 ulps at each tensor's scale, every step
+MAX_ULPS = 6  # float32 ulps at each tensor's scale, every step (measured: at most 4, XLA-fused EMA)
 
 
 def fixture(name: str) -> str:
@@ -88,7 +90,10 @@ def resume(path: str, base: str, mode: str):
   overrides = {}
   if meta["exclude_from_weight_decay"]:
     overrides["exclude_from_weight_decay"] = meta["exclude_from_weight_decay"]
+  if mode == "op-by-op":
+    overrides["jit_compile"] = False
   tx, state = optadam.from_keras_file(path, params, names=names, **overrides)
+  assert tx.keras_args["jit_compile"] == (mode != "op-by-op")
 
   def step(params, state, g):
     updates, state = tx.update(g, state, params)
@@ -104,8 +109,13 @@ def resume(path: str, base: str, mode: str):
   return ours, expected, finalized, final
 
 
-@pytest.mark.parametrize("mode", ["eager", "jit"])
-@pytest.mark.parametrize("base,name", FILES, ids=[f for _, f in FILES])
+# Each scenario's .keras and .h5 hold the same run: both modes on the .keras, the jit on the .h5.
+# And once op by op (jit_compile=False passed as an override of the file's config).
+RUNS = [(b, f, m) for b, f in FILES for m in ("eager", "jit") if m == "jit" or f.endswith(".keras")]
+RUNS.append(("tf215_amsgrad_ema", "tf215_amsgrad_ema.keras", "op-by-op"))
+
+
+@pytest.mark.parametrize("base,name,mode", RUNS, ids=[f"{f}-{m}" for _, f, m in RUNS])
 def test_resume_follows_keras(base, name, mode, report):
   ours, expected, finalized, final = resume(fixture(name), base, mode)
   ulps = worst_ulps(ours, expected)
@@ -140,7 +150,8 @@ def test_reads_what_keras_saved(base, name):
   for i, key in enumerate(record.trainable):
     np.testing.assert_array_equal(record.weights[key], z[f"saved_{i}"])
   if record.format == "h5":
-    assert record.trainable == ("dense/kernel", "dense/bias", "dense_1/kernel", "dense_1/bias")
+    model = "" if record.keras_major == 2 else "sequential/"  # Keras 3 names: the model's path
+    assert record.trainable == tuple(model + p for p in FLAX_PATHS)
     assert record.optimizer_variable_names == tuple(meta["optimizer_variable_names"])
   else:
     assert record.trainable == (
@@ -357,3 +368,45 @@ def test_bad_names():
     )
   with pytest.raises(ValueError, match=r"maps both"):
     optadam.from_keras_file(fixture(name), params, names={**names, "dense/bias": "dense/kernel"})
+
+
+# --- model order and trainable variables ---------------------------------------------------------
+
+STRUCTURE = [
+  (prefix, name)
+  for prefix in ("tf215", "keras3")
+  for name in json.load(open(fixture(f"{prefix}_structure.json"), encoding="utf-8"))[
+    "structure_files"
+  ]
+]
+
+
+@pytest.mark.parametrize("prefix,name", STRUCTURE, ids=[n for _, n in STRUCTURE])
+def test_model_order_and_trainables(prefix, name):
+  """11 Dense layers, BatchNormalization, a frozen Dense, a nested Sequential, as Keras lists them."""
+  with open(fixture(f"{prefix}_structure.json"), encoding="utf-8") as f:
+    meta = json.load(f)
+  z = np.load(fixture(f"{prefix}_structure.npz"))
+  record = optadam.read_keras_file(fixture(name))
+  ordered = [z[f"ordered_{k}"] for k in range(len(meta["ordered_names"]))]
+  assert len(record.weights) == len(ordered)
+  for value, expected in zip(record.weights.values(), ordered, strict=True):
+    np.testing.assert_array_equal(value, expected)
+  trainable = [z[f"trainable_{k}"] for k in range(len(meta["trainable_names"]))]
+  assert record.trainable is not None and len(record.trainable) == len(trainable)
+  for key, expected in zip(record.trainable, trainable, strict=True):
+    np.testing.assert_array_equal(record.weights[key], expected)
+  assert len(record.optimizer_variables) == meta["optimizer_variables"]
+  params = [jnp.asarray(record.weights[k]) for k in record.trainable]
+  tx, state = optadam.from_keras_file(fixture(name), params)
+  assert int(state.adam.count) == 2  # one epoch of 16 samples, batch 8
+  updates, _ = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), state, params)
+  assert all(bool(jnp.all(jnp.isfinite(u))) for u in updates)
+
+
+def test_docstring_examples(monkeypatch):
+  import doctest  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  result = doctest.testmod(optadam.keras_file, optionflags=doctest.ELLIPSIS)
+  assert result.attempted >= 5 and result.failed == 0

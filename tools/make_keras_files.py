@@ -124,7 +124,7 @@ class Backend:
       self.version = keras.__version__
       self.major = 3
       self.prefix = "keras3"
-      self.formats = ("keras",)
+      self.formats = ("keras", "h5")
 
   def step_fn(self, model):
     opt, variables = model.optimizer, model.trainable_variables
@@ -248,6 +248,54 @@ def make_notebook_run(be: Backend, out: str) -> None:
     f.write("\n")
 
 
+def make_structure_files(be: Backend, out: str) -> list[str]:
+  """A functional model with 11 bias-free Dense layers (dense_10 sorts before dense_2), a
+  BatchNormalization (moving statistics are not trainable), a frozen Dense and a nested
+  Sequential, trained one epoch by fit: for the model order and the trainable variables."""
+  keras = be.keras
+  keras.backend.clear_session()
+  keras.utils.set_random_seed(1)
+  inputs = keras.Input((3,))
+  h = inputs
+  for _ in range(11):
+    h = keras.layers.Dense(3, activation="tanh", use_bias=False)(h)
+  h = keras.layers.BatchNormalization()(h)
+  frozen = keras.layers.Dense(3)
+  h = frozen(h)
+  frozen.trainable = False
+  head = keras.Sequential([keras.layers.Dense(3, activation="relu"), keras.layers.Dense(2)])
+  model = keras.Model(inputs, head(h))
+  model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+  rng = np.random.RandomState(5)
+  x = rng.standard_normal((16, 3)).astype(np.float32)
+  y = rng.standard_normal((16, 2)).astype(np.float32)
+  model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+  base = f"{be.prefix}_structure"
+  files = []
+  for fmt in be.formats if be.major == 2 else ("keras",):  # (Keras 3's .h5 is read in scenarios)
+    path = os.path.join(out, f"{base}.{fmt}")
+    if os.path.exists(path):
+      os.remove(path)
+    model.save(path)
+    files.append(os.path.basename(path))
+  ordered = [w for layer in model.layers for w in layer.weights]
+  arrays = {f"ordered_{k}": v for k, v in enumerate(be.values(ordered))}
+  arrays.update({f"trainable_{k}": v for k, v in enumerate(be.values(model.trainable_variables))})
+  np.savez_compressed(os.path.join(out, f"{base}.npz"), **arrays)
+  meta = {
+    "description": make_structure_files.__doc__.split(":")[0].replace("\n  ", " "),
+    "structure_files": files,
+    "keras_version": be.version,
+    "ordered_names": be.var_names(ordered),
+    "trainable_names": be.var_names(model.trainable_variables),
+    "optimizer_variables": len(model.optimizer.variables),
+  }
+  with open(os.path.join(out, f"{base}.json"), "w") as f:
+    json.dump(meta, f, indent=1)
+    f.write("\n")
+  return files
+
+
 def make_error_files(be: Backend, out: str) -> list[str]:
   """Files that optadam must refuse (or, for the LossScaleOptimizer, route): one Dense(2) layer."""
   keras = be.keras
@@ -289,15 +337,25 @@ def make_error_files(be: Backend, out: str) -> list[str]:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", default=os.path.join("tests", "fixtures", "keras_files"))
+  parser.add_argument(
+    "--only",
+    nargs="+",
+    choices=list(SCENARIOS) + ["structure", "errors", "notebook"],
+    help="write only these (default: everything)",
+  )
   args = parser.parse_args(argv)
+  only = set(args.only or list(SCENARIOS) + ["structure", "errors", "notebook"])
   os.makedirs(args.out, exist_ok=True)
   be = Backend()
   for seed, (name, (_, _, _, majors)) in enumerate(SCENARIOS.items()):
-    if be.major in majors:
+    if be.major in majors and name in only:
       meta = make_scenario(be, name, args.out, seed)
       print(f"{be.prefix}_{name}: {', '.join(meta['files'])}")
-  print(", ".join(make_error_files(be, args.out)))
-  if be.major == 2:
+  if "structure" in only:
+    print(", ".join(make_structure_files(be, args.out)))
+  if "errors" in only:
+    print(", ".join(make_error_files(be, args.out)))
+  if be.major == 2 and "notebook" in only:
     make_notebook_run(be, args.out)
     print("tf215_dense_midtraining.keras")
   return 0
