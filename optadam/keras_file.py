@@ -646,5 +646,11 @@ def _from_loss_scale_file(record, entry, params, names, overrides):
     )
   order = _keras_order(record, params, names)
   tx = keras_compat.from_keras_config(entry, **overrides)
-  state = keras_compat.state_from_keras(tx, list(record.optimizer_variables), params, order=order)
+  extra = {}
+  if record.keras_major < 3:
+    # TF 2.15 does not save the dynamic loss scale or its counter (its optimizer/vars are the
+    # inner Adam's); loading the file in TF restarts them at initial_scale and 0: so do we.
+    extra = {"loss_scale": entry["config"].get("initial_scale", 2.0**15), "dynamic_counter": 0}
+  variables = list(record.optimizer_variables)
+  state = keras_compat.state_from_keras(tx, variables, params, order=order, **extra)
   return tx, state
