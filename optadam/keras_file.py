@@ -41,6 +41,8 @@ _RESAVE = (
   '`model = tf.keras.models.load_model(path); model.save("run.keras")`, then read that.'
 )
 _ROOT_GROUPS_NOT_MODEL = ("optimizer", "metrics", "compile_metrics", "compile_loss", "loss")
+_LSO_CLASSES = ("LossScaleOptimizer", "LossScaleOptimizerV3", "BaseLossScaleOptimizer")
+_KERAS3_LSO_OWN = 4  # a Keras 3 LossScaleOptimizer's own variables, before the inner optimizer's
 # Layers whose variables after the first `k` are not trainable (moving statistics).
 _NON_TRAINABLE_AFTER = {
   "BatchNormalization": lambda c: int(c.get("scale", True)) + int(c.get("center", True)),
@@ -441,9 +443,6 @@ def read_keras_file(path: str | os.PathLike) -> KerasFile:
   )
 
 
-_LSO_CLASSES = ("LossScaleOptimizer", "LossScaleOptimizerV3", "BaseLossScaleOptimizer")
-
-
 def _check_optimizer(record: KerasFile) -> dict[str, Any]:
   """The file's optimizer config, refused with a clear reason when optadam cannot continue it."""
   where = record.path
@@ -463,6 +462,12 @@ def _check_optimizer(record: KerasFile) -> dict[str, Any]:
       "Its state cannot be carried over: start the new Adam fresh from the weights."
     )
   if cls in _LSO_CLASSES:
+    inner = config.get("inner_optimizer") or {}
+    if inner.get("class_name") != "Adam":
+      raise ValueError(
+        f"{where!r}: the {cls} wraps {inner.get('class_name')!r}, not Adam; optadam continues "
+        "Keras's Adam only."
+      )
     return entry
   if cls != "Adam":
     raise ValueError(
@@ -505,8 +510,10 @@ def _first_moment_shapes(version: str, entry: Optional[dict], values: list) -> O
   if config is None or not values:
     return None
   major = int(str(version).split(".")[0] or 2)
+  if major >= 3 and entry.get("class_name") in _LSO_CLASSES:
+    values = values[_KERAS3_LSO_OWN:]  # its iteration, learning_rate, step_counter, dynamic_scale
   n = _count_trainables(major, config, len(values))
-  if n is None:
+  if not n:  # None: not an Adam layout; 0: the optimizer was never built (no slots)
     return None
   return [np.shape(values[_first_moment_index(major, config, i, n)]) for i in range(n)]
 
@@ -545,6 +552,13 @@ def _keras_order(
   if absent:
     raise ValueError(f"`names` leaves trainable variables of {record.path!r} unmapped: {absent}.")
   return [by_file[t] for t in record.trainable]
+
+
+def _never_stepped(record: KerasFile, config: dict) -> bool:
+  """A compiled model saved before its first step: the optimizer has no slots yet."""
+  own = 1 + int(record.keras_major >= 3 and not isinstance(config.get("learning_rate"), dict))
+  values = record.optimizer_variables
+  return len(values) <= own and all(int(np.asarray(v)) == 0 for v in values[:1])
 
 
 def _check_fit(record: KerasFile, config: dict, params: Any, order: Optional[list[str]]) -> None:
@@ -629,8 +643,10 @@ def from_keras_file(
   if record.keras_major >= 3 and config.get("use_ema"):
     overrides.setdefault("ema_style", "keras3")
   order = _keras_order(record, params, names)
-  _check_fit(record, config, params, order)
   tx = keras_compat.from_keras_config(config, **overrides)
+  if _never_stepped(record, config):
+    return tx, tx.init(params)
+  _check_fit(record, config, params, order)
   state = keras_compat.state_from_keras(tx, list(record.optimizer_variables), params, order=order)
   return tx, state
 

@@ -317,23 +317,35 @@ def test_legacy_optimizer():
     optadam.from_keras_file(fixture(name), list(record.weights.values()))
 
 
-def test_loss_scale_optimizer():
-  name = "tf215_loss_scale_adam.keras"
+@pytest.mark.parametrize(
+  "name,cls,count",
+  [
+    ("tf215_loss_scale_adam.keras", "LossScaleOptimizerV3", 5),
+    ("keras3_loss_scale_adam.keras", "LossScaleOptimizer", 10),
+  ],
+)
+def test_loss_scale_optimizer(name, cls, count):
+  """TF 2.15 saves the inner Adam's 5 variables only; Keras 3 its own 4, then the inner Adam's 6."""
   record = optadam.read_keras_file(fixture(name))
-  assert record.optimizer_class == "LossScaleOptimizerV3"
+  assert record.optimizer_class == cls
   assert record.optimizer_config["config"]["inner_optimizer"]["class_name"] == "Adam"
-  assert len(record.optimizer_variables) == 5  # iteration, m and v of kernel and bias
+  assert len(record.optimizer_variables) == count
+  assert record.trainable == ("layers/dense/vars/0", "layers/dense/vars/1")
   params = _kernel_first(name)
   if hasattr(optadam, "loss_scale_optimizer"):  # routed through from_keras_config/state_from_keras
     tx, state = optadam.from_keras_file(fixture(name), params)
     assert type(tx).__name__ == "LossScaleOptimizer"
-    # TF 2.15 saves no loss scale: it restarts at initial_scale, as tf.keras load_model does
-    assert float(state.scale) == 32768.0 and int(state.good_steps) == 0
     assert int(state.inner.adam.count) == 2
-    np.testing.assert_array_equal(state.inner.adam.mu[0], record.optimizer_variables[1])
-    np.testing.assert_array_equal(state.inner.adam.nu[1], record.optimizer_variables[4])
+    inner = record.optimizer_variables[count - 4 :]  # m, v of the kernel, m, v of the bias
+    np.testing.assert_array_equal(state.inner.adam.mu[0], inner[0])
+    np.testing.assert_array_equal(state.inner.adam.nu[1], inner[3])
+    if cls == "LossScaleOptimizerV3":  # TF 2.15 saves no loss scale: it restarts, as in TF
+      assert float(state.scale) == 32768.0 and int(state.good_steps) == 0
+    else:  # Keras 3: step_counter and dynamic_scale are the LossScaleOptimizer's own variables
+      assert float(state.scale) == float(record.optimizer_variables[3])
+      assert int(state.good_steps) == int(record.optimizer_variables[2]) == 2
   else:
-    with pytest.raises(NotImplementedError, match=r"LossScaleOptimizerV3 wrapping 'Adam'"):
+    with pytest.raises(NotImplementedError, match=rf"{cls} wrapping 'Adam'"):
       optadam.from_keras_file(fixture(name), params)
 
 
@@ -415,3 +427,15 @@ def test_docstring_examples(monkeypatch):
   monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   result = doctest.testmod(optadam.keras_file, optionflags=doctest.ELLIPSIS)
   assert result.attempted >= 5 and result.failed == 0
+
+
+@pytest.mark.parametrize("name", ["tf215_untrained_adam.keras", "keras3_untrained_adam.keras"])
+def test_compiled_but_never_stepped(name):
+  """A model compiled with Adam and saved before any step: a fresh state, as Keras would start."""
+  record = optadam.read_keras_file(fixture(name))
+  assert record.optimizer_class == "Adam"
+  params = _kernel_first(name)
+  tx, state = optadam.from_keras_file(fixture(name), params)
+  fresh = tx.init(params)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), state, fresh))
+  assert int(state.adam.count) == 0

@@ -321,16 +321,25 @@ def make_error_files(be: Backend, out: str) -> list[str]:
 
   save(small(keras.optimizers.SGD(0.1, momentum=0.9)), "sgd.keras")
   save(small(), "no_optimizer.keras", train=False)
+  save(small(keras.optimizers.Adam()), "untrained_adam.keras", train=False)  # compiled, no step
   if be.major == 2:
     save(small(keras.optimizers.legacy.Adam(0.01)), "legacy_adam.h5")
     lso = keras.mixed_precision.LossScaleOptimizer(keras.optimizers.Adam(0.01))
     save(small(lso), "loss_scale_adam.keras")
-    meta = {"variable_names": be.var_names(lso.variables), "config": _json_safe(lso.get_config())}
-    with open(os.path.join(out, f"{be.prefix}_loss_scale_adam.json"), "w") as f:
-      json.dump(meta, f, indent=1, sort_keys=True)
-      f.write("\n")
-  # Keras 3.15's LossScaleOptimizer cannot apply gradients eagerly on the JAX backend
-  # (UnexpectedTracerError in its dynamic-scale `cond`), so there is no Keras 3 LSO file.
+  else:
+    # Keras 3.15's LossScaleOptimizer cannot apply gradients eagerly on the JAX backend
+    # (UnexpectedTracerError in its dynamic-scale `cond`): train it with fit (a jitted step).
+    lso = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam(0.01))
+    model = small(lso)
+    rng = np.random.RandomState(3)
+    x = rng.standard_normal((8, 3)).astype(np.float32)
+    y = rng.standard_normal((8, 2)).astype(np.float32)
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    save(model, "loss_scale_adam.keras", train=False)
+  meta = {"variable_names": be.var_names(lso.variables), "config": _json_safe(lso.get_config())}
+  with open(os.path.join(out, f"{be.prefix}_loss_scale_adam.json"), "w") as f:
+    json.dump(meta, f, indent=1, sort_keys=True)
+    f.write("\n")
   return written
 
 
