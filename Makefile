@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test bench golden docs clean
+.PHONY: demo test bench golden docs keras-files clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ $(TF_STAMP): | $(TF_VENV)/bin/python
 
 golden: $(TF_STAMP)
 	$(TF_VENV)/bin/python tools/make_keras2_golden.py --out tests/golden
+
+# Saved model files of TF 2.15 (.keras, .h5) and Keras 3 (.keras) with their continuation runs,
+# written to tests/fixtures/keras_files/ (see tools/README.md): TF's venv, then the dev venv.
+keras-files: $(TF_STAMP) $(STAMP)
+	$(TF_VENV)/bin/python tools/make_keras_files.py --out tests/fixtures/keras_files
+	$(BIN)/python tools/make_keras_files.py --out tests/fixtures/keras_files
 
 # Step-time benchmark of issue 8 (benchmarks/README.md): its own venv, with torch, Keras 3 and
 # matplotlib; writes benchmarks/RESULTS.md and benchmarks/step_time.png. Options: BENCH_ARGS=--quick

@@ -6,6 +6,7 @@ from optadam import schedules
 from optadam.ema import ParameterEmaState, ema_params, finalize_variable_values, parameter_ema
 from optadam.keras3 import GradientAccumulationState, accumulate_gradients, divide_by_loss_scale
 from optadam.keras_compat import from_keras_config, get_config, state_from_keras
+from optadam.keras_file import KerasFile, from_keras_file, read_keras_file
 from optadam.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
 from optadam.scale import ScaleByKerasAdamState, scale_by_keras_adam
 from optadam.sparse import IndexedSlices
@@ -20,6 +21,7 @@ __all__ = [
   "GradientAccumulationState",
   "IndexedSlices",
   "KerasAdam",
+  "KerasFile",
   "ParameterEmaState",
   "ScaleByKerasAdamState",
   "ScaleByLearningRateState",
@@ -35,8 +37,10 @@ __all__ = [
   "exclusion_mask",
   "finalize_variable_values",
   "from_keras_config",
+  "from_keras_file",
   "get_config",
   "parameter_ema",
+  "read_keras_file",
   "scale_by_keras_adam",
   "scale_by_learning_rate",
   "schedules",

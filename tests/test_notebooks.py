@@ -36,7 +36,13 @@ NAMES = sorted(
     for p in glob.glob(os.path.join(NOTEBOOK_DIR, f"*.{ext}"))
   }
 )
-EXPECTED = {"quickstart", "keras_to_jax", "ema_and_clipping", "sharded_training"}  # at least these
+EXPECTED = {  # at least these
+  "quickstart",
+  "keras_to_jax",
+  "ema_and_clipping",
+  "sharded_training",
+  "keras_file_resume",
+}
 PAIRED_FORMATS = "ipynb,py:percent"
 CELL_TIMEOUT_S = 300
 KERNEL_NAME = "optadam-test-python"
