@@ -6,6 +6,13 @@ from optadam import schedules
 from optadam.ema import ParameterEmaState, ema_params, finalize_variable_values, parameter_ema
 from optadam.keras3 import GradientAccumulationState, accumulate_gradients, divide_by_loss_scale
 from optadam.keras_compat import from_keras_config, get_config, state_from_keras
+from optadam.loss_scaling import (
+  LossScaleOptimizer,
+  LossScaleState,
+  loss_scale,
+  loss_scale_optimizer,
+  scale_loss,
+)
 from optadam.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
 from optadam.scale import ScaleByKerasAdamState, scale_by_keras_adam
 from optadam.sparse import IndexedSlices
@@ -20,6 +27,8 @@ __all__ = [
   "GradientAccumulationState",
   "IndexedSlices",
   "KerasAdam",
+  "LossScaleOptimizer",
+  "LossScaleState",
   "ParameterEmaState",
   "ScaleByKerasAdamState",
   "ScaleByLearningRateState",
@@ -36,9 +45,12 @@ __all__ = [
   "finalize_variable_values",
   "from_keras_config",
   "get_config",
+  "loss_scale",
+  "loss_scale_optimizer",
   "parameter_ema",
   "scale_by_keras_adam",
   "scale_by_learning_rate",
+  "scale_loss",
   "schedules",
   "state_from_keras",
   "state_shardings",
