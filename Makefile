@@ -37,6 +37,7 @@ $(TF_STAMP): | $(TF_VENV)/bin/python
 
 golden: $(TF_STAMP)
 	$(TF_VENV)/bin/python tools/make_keras2_golden.py --out tests/golden
+	$(TF_VENV)/bin/python tools/make_loss_scale_golden.py --out tests/golden
 
 # Step-time benchmark of issue 8 (benchmarks/README.md): its own venv, with torch, Keras 3 and
 # matplotlib; writes benchmarks/RESULTS.md and benchmarks/step_time.png. Options: BENCH_ARGS=--quick
