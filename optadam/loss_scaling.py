@@ -58,7 +58,8 @@ def _check_args(inner: Any, initial_scale: Any, dynamic_growth_steps: Any, style
       f"`initial_scale` must be a positive finite number; got {hyperparams.describe(initial_scale)}."
     )
   value = hyperparams.concrete_number(initial_scale)
-  if value is not None and not (math.isfinite(float(np.float32(value))) and value > 0):
+  as_float32 = np.float32(value) if value is not None and abs(value) < 3.5e38 else np.inf
+  if value is not None and not (math.isfinite(float(as_float32)) and value > 0):
     raise ValueError(
       "`initial_scale` must be a positive number that is finite in float32 (the scale is "
       f"kept in float32); got {initial_scale!r}."

@@ -373,3 +373,276 @@ def test_keras3_style_differs_from_tf215_where_keras_does():
   name = "ema_amsgrad_clipnorm_schedule"
   assert run(name, "keras2")[-1]["iterations"] == 30
   assert run(name, "keras3")[-1]["iterations"] == 26
+
+
+# --- API: validation, loss_scale / scale_loss, leaves --------------------------------------------
+
+
+@pytest.mark.parametrize(
+  "kwargs,error,word",
+  [
+    (dict(initial_scale=0.0), ValueError, "initial_scale"),
+    (dict(initial_scale=-2.0), ValueError, "initial_scale"),
+    (dict(initial_scale=float("inf")), ValueError, "initial_scale"),
+    (dict(initial_scale=float("nan")), ValueError, "initial_scale"),
+    (dict(initial_scale=1e39), ValueError, "float32"),
+    (dict(initial_scale="big"), TypeError, "initial_scale"),
+    (dict(initial_scale=True), TypeError, "initial_scale"),
+    (dict(dynamic_growth_steps=0), ValueError, "dynamic_growth_steps"),
+    (dict(dynamic_growth_steps=2.5), ValueError, "dynamic_growth_steps"),
+    (dict(dynamic_growth_steps=True), ValueError, "dynamic_growth_steps"),
+    (dict(style="keras4"), ValueError, "keras2"),
+  ],
+)
+def test_bad_arguments(kwargs, error, word):
+  with pytest.raises(error, match=word):
+    optadam.loss_scale_optimizer(optadam.adam(), **kwargs)
+
+
+def test_bad_inner():
+  with pytest.raises(TypeError, match="GradientTransformation"):
+    optadam.loss_scale_optimizer(0.01)
+  with pytest.raises(TypeError, match="cannot wrap another"):
+    optadam.loss_scale_optimizer(optadam.loss_scale_optimizer(optadam.adam()))
+
+
+def _grads(value=1.0, bad=None):
+  g = {k: jnp.full(s, value, jnp.float32) for k, s in SHAPES.items()}
+  if bad is not None:
+    g["dense/bias"] = g["dense/bias"].at[1].set(bad)
+  return g
+
+
+def test_state_and_skipped_step_is_exactly_zero():
+  tx = optadam.loss_scale_optimizer(optadam.adam(0.1), 64.0, 2)
+  params = {k: jnp.asarray(v) for k, v in _params0().items()}
+  state = tx.init(params)
+  assert isinstance(state, optadam.LossScaleState) and isinstance(state.inner, optadam.AdamState)
+  assert state.scale.dtype == jnp.float32 and state.good_steps.dtype == jnp.int32
+  updates, state = jax.jit(tx.update)(_grads(64.0), state, params)
+  assert float(state.scale) == 64.0 and int(state.good_steps) == 1
+  assert all(np.abs(np.asarray(u)).max() > 0 for u in jax.tree.leaves(updates))
+  before = state
+  updates, state = jax.jit(tx.update)(_grads(64.0, bad=-np.inf), state, params)
+  for u in jax.tree.leaves(updates):
+    np.testing.assert_array_equal(u, np.zeros_like(u))
+    assert not np.signbit(np.asarray(u)).any()  # +0.0: x + u is x, bit for bit
+  assert float(state.scale) == 32.0 and int(state.good_steps) == 0
+  np.testing.assert_array_equal(
+    state.inner.adam.mu["dense/kernel"], before.inner.adam.mu["dense/kernel"]
+  )
+  assert int(state.inner.adam.count) == 2  # keras2: the skipped step still counts
+
+
+def test_none_leaves_are_ignored_by_the_check():
+  tx = optadam.loss_scale_optimizer(optadam.adam(0.1), 8.0, 100)
+  params = {k: jnp.asarray(v) for k, v in _params0().items()}
+  state = tx.init(params)
+  g = {"dense/kernel": jnp.full((4, 3), 8.0), "dense/bias": None}
+  updates, state = tx.update(g, state, params)
+  assert updates["dense/bias"] is None and int(state.good_steps) == 1
+  g = {"dense/kernel": jnp.full((4, 3), jnp.nan), "dense/bias": None}
+  updates, state = tx.update(g, state, params)
+  assert float(state.scale) == 4.0 and not np.asarray(updates["dense/kernel"]).any()
+  updates, state = tx.update({"dense/kernel": None, "dense/bias": None}, state, params)
+  assert updates == {"dense/kernel": None, "dense/bias": None} and int(state.good_steps) == 1
+
+
+@pytest.mark.parametrize("style", ["keras2", "keras3"])
+def test_sparse_leaves_equal_their_dense_gradient(style):
+  params = {"emb": jnp.asarray(np.random.RandomState(1).normal(size=(6, 2)), jnp.float32)}
+  tx = optadam.loss_scale_optimizer(optadam.adam(0.1), 1000.0, 2, style=style)
+  values = jnp.asarray([[1.0, 2.0], [3.0, -1.0], [0.5, 0.25]]) * 1000.0
+  idx = jnp.asarray([4, 1, 4])
+  sparse_g = {"emb": optadam.IndexedSlices(values, idx, (6, 2))}
+  dense_g = {"emb": jnp.zeros((6, 2)).at[idx].add(values)}
+  (us, ss), (ud, sd) = (jax.jit(tx.update)(g, tx.init(params), params) for g in (sparse_g, dense_g))
+  np.testing.assert_allclose(us["emb"], ud["emb"], rtol=2e-6)
+  assert int(ss.good_steps) == int(sd.good_steps) == 1
+  bad = {"emb": optadam.IndexedSlices(values.at[2, 1].set(jnp.inf), idx, (6, 2))}
+  ub, sb = jax.jit(tx.update)(bad, tx.init(params), params)
+  assert not np.asarray(ub["emb"]).any() and float(sb.scale) == 500.0
+
+
+def test_loss_scale_and_scale_loss_in_nested_wrappers():
+  lso = optadam.loss_scale_optimizer(optadam.adam(0.01), 2.0**12, 3)
+  params = {"w": jnp.ones(3)}
+  for tx in (
+    optax.chain(optax.identity(), lso),
+    optax.MultiSteps(lso, every_k_schedule=2),
+    optax.named_chain(("scaled", lso)),
+    optax.inject_hyperparams(lambda learning_rate: optax.chain(lso, optax.scale(learning_rate)))(
+      learning_rate=1.0
+    ),
+  ):
+    state = tx.init(params)
+    assert float(optadam.loss_scale(state)) == 4096.0
+    assert float(jax.jit(optadam.loss_scale)(state)) == 4096.0
+  for dtype in (jnp.float32, jnp.float16, jnp.bfloat16):
+    scaled = optadam.scale_loss(jnp.asarray(0.75, dtype), state)
+    assert scaled.dtype == dtype and float(scaled) == 3072.0
+  with pytest.raises(ValueError, match="no loss scale"):
+    optadam.loss_scale(optadam.adam().init(params))
+  two = optax.chain(lso, lso).init(params)
+  with pytest.raises(ValueError, match="2 loss scales"):
+    optadam.loss_scale(two)
+
+
+def test_scale_loss_inside_grad_gives_the_scaled_gradient():
+  tx = optadam.loss_scale_optimizer(optadam.adam(0.01), 2.0**10)
+  params = {"w": jnp.asarray([0.5, -1.0, 2.0])}
+  state = tx.init(params)
+  loss = lambda p: jnp.sum(p["w"] ** 2)
+  g = jax.jit(jax.grad(lambda p, s: optadam.scale_loss(loss(p), s)))(params, state)
+  np.testing.assert_array_equal(g["w"], 2.0**10 * 2 * params["w"])
+
+
+# --- optax wrappers, jit, Orbax ---------------------------------------------------------------
+
+
+def _bad_steps_grads(n, bad, scale_fn=lambda s: 2.0**8):
+  raw = _raw_grads(n, seed=11)
+  return [_scaled(r, scale_fn(s), bad.get(s), np.float32) for s, r in enumerate(raw)]
+
+
+def test_no_recompilation_across_good_and_bad_steps():
+  tx = optadam.loss_scale_optimizer(optadam.adam(0.01, use_ema=True), 2.0**8, 2)
+  traces = []
+
+  def step(params, state, grads):
+    traces.append(1)
+    updates, state = tx.update(grads, state, params)
+    return optadam.apply_updates(params, updates), state
+
+  step = jax.jit(step, donate_argnums=(0, 1))
+  params = {k: jnp.asarray(v) for k, v in _params0().items()}
+  state = tx.init(params)
+  for g in _bad_steps_grads(8, {2: "nan", 3: "inf"}):
+    params, state = step(params, state, {k: jnp.asarray(v) for k, v in g.items()})
+  assert len(traces) == 1 and float(state.scale) == 2.0**9
+
+
+@pytest.mark.parametrize("style", ["keras2", "keras3"])
+def test_inject_hyperparams_inner_equals_plain(style):
+  bad = {3: "nan", 4: "inf"}
+  fed = _bad_steps_grads(12, bad)
+  plain = optadam.loss_scale_optimizer(optadam.adam(0.01), 2.0**8, 2, style=style)
+  injected = optadam.loss_scale_optimizer(
+    optax.inject_hyperparams(optadam.adam)(learning_rate=0.01), 2.0**8, 2, style=style
+  )
+  a, sa = run_wrapper(plain, _params0(), fed)
+  b, sb = run_wrapper(injected, _params0(), fed)
+  for x, y in zip(a, b):
+    assert (x["scale"], x["counter"], x["iterations"]) == (
+      y["scale"],
+      y["counter"],
+      y["iterations"],
+    )
+    for k in SHAPES:
+      np.testing.assert_allclose(x["params"][k], y["params"][k], rtol=1e-6, atol=1e-7)
+  # keras2 advances inject_hyperparams' own count on skipped steps too (schedules see it)
+  assert int(sb.inner.count) == (12 if style == "keras2" else 10)
+  sb.inner.hyperparams["learning_rate"] = jnp.asarray(0.0)  # changed between jitted steps
+  params = {k: jnp.asarray(v[-1]) for k, v in {k: [b[-1]["params"][k]] for k in SHAPES}.items()}
+  updates, _ = jax.jit(injected.update)({k: jnp.asarray(v) for k, v in fed[0].items()}, sb, params)
+  assert all(not np.asarray(u).any() for u in jax.tree.leaves(updates))
+
+
+def test_multisteps_around_the_wrapper():
+  """optax.MultiSteps(lso, k): the wrapper sees the mean of k scaled micro-gradients and the
+  scale is found inside MultiSteps's state. (Finite gradients only: optax's MultiSteps keeps a
+  NaN in its accumulator forever, `(1 - emit) * nan`; put MultiSteps inside the wrapper when
+  micro-steps may overflow, next test.)"""
+  k = 2
+  fed = _bad_steps_grads(12, {})
+  lso = lambda: optadam.loss_scale_optimizer(optadam.adam(0.01), 2.0**8, 2)
+  multi, state = run_wrapper_plain(optax.MultiSteps(lso(), every_k_schedule=k), _params0(), fed)
+  means = [
+    {key: fed[i][key] + (fed[i + 1][key] - fed[i][key]) / 2 for key in SHAPES}
+    for i in range(0, len(fed), k)
+  ]
+  ref, _ = run_wrapper(lso(), _params0(), means)
+  for i in range(k - 1, len(fed), k):
+    for key in SHAPES:
+      np.testing.assert_allclose(multi[i][key], ref[i // k]["params"][key], rtol=1e-6, atol=1e-7)
+  assert float(optadam.loss_scale(state)) == ref[-1]["scale"] == 2.0**11
+  assert int(state.inner_opt_state.good_steps) == ref[-1]["counter"]
+
+
+def test_multisteps_inside_the_wrapper_drops_bad_micro_steps():
+  """lso(MultiSteps(adam, k), style="keras3"): a non-finite micro-step is skipped before it
+  reaches the accumulator (Keras 3's LossScaleOptimizer(Adam(gradient_accumulation_steps=k)))."""
+  k, bad = 2, {3: "nan", 4: "inf"}
+  fed = _bad_steps_grads(12, bad)
+  inner = lambda: optax.MultiSteps(optadam.adam(0.01), every_k_schedule=k)
+  tx = optadam.loss_scale_optimizer(inner(), 2.0**8, 100, style="keras3")
+  ours, state = run_wrapper_plain(tx, _params0(), fed)
+  good = [s for s in range(12) if s not in bad]
+  ref, _ = run_wrapper_plain(
+    inner(),
+    _params0(),
+    [{key: fed[s][key] / (2.0**8 if s < 3 else 2.0**6) for key in SHAPES} for s in good],
+  )
+  for r, s in zip(ref, good):
+    for key in SHAPES:
+      np.testing.assert_allclose(ours[s][key], r[key], rtol=1e-6, atol=1e-7)
+  assert float(optadam.loss_scale(state)) == 2.0**6 and int(state.inner.gradient_step) == 5
+
+
+def run_wrapper_plain(tx, params0, fed):
+  params = {k: jnp.asarray(v) for k, v in params0.items()}
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optadam.apply_updates(params, updates), state
+
+  hist = []
+  for g in fed:
+    params, state = step(params, state, {k: jnp.asarray(v) for k, v in g.items()})
+    hist.append({k: np.asarray(v) for k, v in params.items()})
+  return hist, state
+
+
+def test_orbax_resume_is_bitwise(tmp_path):
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  tx = optadam.loss_scale_optimizer(
+    optadam.adam(0.01, amsgrad=True, use_ema=True, ema_overwrite_frequency=3), 2.0**8, 2
+  )
+  fed = _bad_steps_grads(10, {2: "nan", 6: "inf"})
+
+  @jax.jit
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optadam.apply_updates(params, updates), state
+
+  params = {k: jnp.asarray(v) for k, v in _params0().items()}
+  state = tx.init(params)
+  path = str(tmp_path / "ckpt")
+  uninterrupted = []
+  for i, g in enumerate(fed):
+    if i == 4:
+      with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, {"params": params, "opt_state": state})
+    params, state = step(params, state, {k: jnp.asarray(v) for k, v in g.items()})
+    uninterrupted.append((params, state))
+  with ocp.StandardCheckpointer() as ckptr:
+    meta = ckptr.metadata(path)
+    tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
+    keys = {
+      jax.tree_util.keystr(p, simple=True, separator="/")
+      for p, _ in jax.tree_util.tree_leaves_with_path(tree)
+    }
+    assert {"opt_state/scale", "opt_state/good_steps", "opt_state/inner/adam/count"} <= keys
+    fresh = {"params": params, "opt_state": tx.init(params)}
+    restored = ckptr.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, fresh))
+  params, state = restored["params"], restored["opt_state"]
+  assert isinstance(state, optadam.LossScaleState)
+  assert float(state.scale) == float(uninterrupted[3][1].scale)
+  for i, g in enumerate(fed[4:]):
+    params, state = step(params, state, {k: jnp.asarray(v) for k, v in g.items()})
+    ref_params, ref_state = uninterrupted[4 + i]
+    for a, b in zip(jax.tree.leaves((params, state)), jax.tree.leaves((ref_params, ref_state))):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
