@@ -115,6 +115,7 @@ def loss_scale_optimizer(
   dynamic_growth_steps: int = 2000,
   *,
   style: str = "keras2",
+  axis_name: Any = None,
 ) -> LossScaleOptimizer:
   """Keras's ``LossScaleOptimizer`` (dynamic loss scaling) around `inner`.
 
@@ -168,6 +169,11 @@ def loss_scale_optimizer(
     dynamic_growth_steps: double the scale after this many consecutive finite steps
       (an int >= 1; Keras's default 2000).
     style: ``"keras2"`` (default) or ``"keras3"``.
+    axis_name: only for an ``update`` that runs inside ``shard_map`` (or ``pmap``) on
+      per-device pieces of the gradients: the mesh axis name(s) over which the
+      finiteness decision is combined, so that every device takes the same one. Under
+      ``jax.jit`` with sharded (global) arrays, and across processes, the check is
+      already global; leave it None.
 
   Returns:
     A `LossScaleOptimizer` (an ``optax.GradientTransformationExtraArgs``) whose state
@@ -216,6 +222,8 @@ def loss_scale_optimizer(
     scale = state.scale
     unscaled = [None if g is None else unscale(g, scale) for g in g_leaves]
     finite = _all_finite(unscaled if style == "keras2" else g_leaves)
+    if axis_name is not None:  # one decision for all the shards of the model
+      finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name) == 1
 
     new_updates, new_inner = inner_tx.update(
       treedef.unflatten(unscaled), state.inner, params, **extra_args

@@ -646,3 +646,31 @@ def test_orbax_resume_is_bitwise(tmp_path):
     ref_params, ref_state = uninterrupted[4 + i]
     for a, b in zip(jax.tree.leaves((params, state)), jax.tree.leaves((ref_params, ref_state))):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sharded_decision_is_global(report):
+  """8 fake CPU devices (subprocess): an inf on one device's shard skips the step everywhere,
+  under jit with sharded arrays and (with axis_name) inside shard_map; state_shardings covers the
+  wrapper (scale and counter replicated, moments sharded like their parameters)."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  here = os.path.dirname(os.path.abspath(__file__))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(here), env.get("PYTHONPATH", "")])
+  proc = subprocess.run(
+    [sys.executable, os.path.join(here, "loss_scale_worker.py")],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+  result = json.loads(lines[0][len("RESULT ") :])
+  assert result["jit_sharded"]["scales"] == [256.0, 512.0, 256.0, 256.0, 512.0, 256.0, 256.0, 512.0]
+  assert result["shard_map axis_name=d"]["moved_on_bad_step"] is False
+  report(
+    "loss scale / 8-device jit vs 1 device",
+    f"max abs {result['jit_sharded']['worst_abs_vs_single_device']:.1e}",
+  )
