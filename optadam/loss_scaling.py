@@ -34,8 +34,8 @@ class LossScaleOptimizer(optax.GradientTransformationExtraArgs):
   """The `optax.GradientTransformationExtraArgs` returned by `optadam.loss_scale_optimizer`.
 
   Besides ``init`` and ``update`` it carries ``inner`` (the wrapped
-  transformation), ``initial_scale``, ``dynamic_growth_steps`` and ``style``, read
-  by `optadam.get_config`.
+  transformation), ``initial_scale``, ``dynamic_growth_steps``, ``style`` and ``name``
+  (Keras 3's config key), read by `optadam.get_config`.
   """
 
 
@@ -249,6 +249,7 @@ def loss_scale_optimizer(
     return new_updates, LossScaleState(scale=new_scale, good_steps=new_good, inner=new_inner)
 
   tx = LossScaleOptimizer(init_fn, update_fn)
+  tx.name = "loss_scale_optimizer"  # Keras 3's config has a name (set by from_keras_config)
   tx.inner = inner
   tx.initial_scale = initial_scale
   tx.dynamic_growth_steps = growth

@@ -674,3 +674,137 @@ def test_sharded_decision_is_global(report):
     "loss scale / 8-device jit vs 1 device",
     f"max abs {result['jit_sharded']['worst_abs_vs_single_device']:.1e}",
   )
+
+
+# --- Keras configs and state in ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", GOLDENS)
+def test_tf215_configs_round_trip(name):
+  g = Golden(name)
+  for cfg in (g.meta["config"], g.meta["serialized"]):
+    tx = optadam.from_keras_config(cfg)
+    assert isinstance(tx, optadam.LossScaleOptimizer) and tx.style == "keras2"
+    assert optadam.get_config(tx) == g.meta["config"]
+    assert json.loads(json.dumps(optadam.get_config(tx))) == g.meta["config"]
+
+
+def test_tf215_config_builds_the_same_trajectory():
+  g = Golden("ema_amsgrad_clipnorm_schedule")
+  ours, _ = run_wrapper(
+    optadam.from_keras_config(g.meta["serialized"]),
+    g.params(),
+    [g.grads(s) for s in range(g.steps)],
+  )
+  theirs = [g.expected(s) for s in range(g.steps)]
+  assert _counters(ours) == _counters(theirs)
+  assert worst_relative([h["params"] for h in ours], [h["params"] for h in theirs]) <= 1e-6
+
+
+def test_keras3_config_round_trip():
+  import keras  # pylint: disable=import-outside-toplevel
+
+  k3 = keras.optimizers.LossScaleOptimizer(
+    keras.optimizers.Adam(learning_rate=0.01, amsgrad=True, use_ema=True, loss_scale_factor=4.0),
+    initial_scale=1024.0,
+    dynamic_growth_steps=7,
+  )
+  cfg = json.loads(json.dumps(k3.get_config()))
+  tx = optadam.from_keras_config(cfg)
+  assert tx.style == "keras3" and tx.dynamic_growth_steps == 7 and tx.initial_scale == 1024.0
+  assert tx.inner.keras_args["loss_scale_factor"] is None  # Keras 3 turns it off when wrapping
+  assert optadam.get_config(tx, keras_version=3) == cfg
+  ser = json.loads(json.dumps(keras.optimizers.serialize(k3)))
+  assert optadam.get_config(optadam.from_keras_config(ser), keras_version=3) == cfg
+  # and Keras 3 reads optadam's config back
+  back = keras.optimizers.LossScaleOptimizer.from_config(optadam.get_config(tx, keras_version=3))
+  assert back.dynamic_growth_steps == 7 and back.inner_optimizer.amsgrad
+
+
+@pytest.mark.parametrize(
+  "bad,error,word",
+  [
+    (
+      {"inner_optimizer": {"class_name": "Adam", "config": {}}, "dynamic": False},
+      ValueError,
+      "loss_scale_factor",
+    ),
+    ({"inner_optimizer": {"class_name": "SGD", "config": {}}}, ValueError, "SGD"),
+    (
+      {"inner_optimizer": {"class_name": "Adam", "config": {}}, "dynamic_growth_steps": 0},
+      ValueError,
+      "dynamic_growth_steps",
+    ),
+    (
+      {"inner_optimizer": {"class_name": "Adam", "config": {}}, "initial_scale": -1.0},
+      ValueError,
+      "initial_scale",
+    ),
+    (
+      {"inner_optimizer": {"class_name": "Adam", "config": {}}, "multiplier": 3},
+      ValueError,
+      "multiplier",
+    ),
+    (
+      {"name": "lso", "inner_optimizer": {"class_name": "Adam", "config": {}}, "clipnorm": 1.0},
+      ValueError,
+      "inner optimizer",
+    ),
+    ({"class_name": "LossScaleOptimizer"}, ValueError, "config"),
+  ],
+)
+def test_malformed_loss_scale_configs(bad, error, word):
+  with pytest.raises(error, match=word):
+    optadam.from_keras_config(bad)
+
+
+@pytest.mark.parametrize(
+  "name", ["basic", "ema_amsgrad_clipnorm_schedule", "floor", "weight_decay_global_clipnorm"]
+)
+def test_resume_from_tf215_lso_state(name):
+  """Keras 2's lso.variables after 10 steps, with lso.loss_scale and lso.dynamic_counter."""
+  g = Golden(name)
+  k = g.meta["K"]
+  tx = g.tx()
+  variables = [g.z[f"optvarK_{j}"] for j in range(len(g.meta["variables_names"]))]
+  state = optadam.state_from_keras(
+    tx,
+    variables,
+    g.params(str(k - 1)),
+    order=g.names,
+    loss_scale=g.z["scaleK"],
+    dynamic_counter=g.z["counterK"],
+  )
+  assert float(state.scale) == float(g.z[f"scale_{k - 1}"])
+  assert int(state.good_steps) == int(g.z[f"counter_{k - 1}"])
+  step = jax.jit(
+    lambda p, s, gr: (lambda u, s2: (optadam.apply_updates(p, u), s2))(*tx.update(gr, s, p))
+  )
+  params = {n: jnp.asarray(v) for n, v in g.params(str(k - 1)).items()}
+  ours = []
+  for s in range(k, g.steps):
+    params, state = step(params, state, g.grads(s))
+    ours.append({n: np.asarray(v) for n, v in params.items()})
+    assert float(state.scale) == float(g.z[f"scale_{s}"])
+  assert worst_relative(ours, [g.expected(s)["params"] for s in range(k, g.steps)]) <= 1e-6
+
+
+def test_resume_from_keras3_lso_state():
+  adam_kwargs = dict(learning_rate=0.01, amsgrad=True)
+  lso_kwargs = dict(initial_scale=2.0**8, dynamic_growth_steps=3)
+  bad = {2: "nan", 9: "inf"}
+  raw = _raw_grads(16, seed=21)
+  _, theirs, _, ov = run_keras3_lso(adam_kwargs, lso_kwargs, raw[:7], bad)
+  fed_all, theirs_all, _, _ = run_keras3_lso(adam_kwargs, lso_kwargs, raw, bad)
+  tx = optadam.loss_scale_optimizer(optadam.adam(**adam_kwargs), **lso_kwargs, style="keras3")
+  params = {k: jnp.asarray(v) for k, v in theirs[-1]["params"].items()}
+  state = optadam.state_from_keras(tx, [np.asarray(v) for v in ov], params, order=list(SHAPES))
+  assert float(state.scale) == theirs[-1]["scale"] and int(state.inner.adam.count) == 6
+  ours = []
+  for g in fed_all[7:]:
+    updates, state = tx.update({k: jnp.asarray(v) for k, v in g.items()}, state, params)
+    params = optadam.apply_updates(params, updates)
+    ours.append({k: np.asarray(v) for k, v in params.items()})
+  assert worst_relative(ours, [h["params"] for h in theirs_all[7:]]) < 1e-6
+  with pytest.raises(ValueError, match="dynamic_counter"):
+    optadam.state_from_keras(tx, [np.asarray(v) for v in ov], params, loss_scale=1.0)
