@@ -64,7 +64,7 @@ def run_keras3_lso(
   paths = [v.path for v in opt.variables]
   i_scale = paths.index(opt.dynamic_scale.path)
   i_counter = paths.index(opt.step_counter.path)
-  i_iter = paths.index(opt.inner_optimizer.iterations.path)
+  i_iter = paths.index(opt.inner_optimizer._iterations.path)  # raw calls  # pylint: disable=protected-access
   ov = [v.value for v in opt.variables]
   tv = [v.value for v in variables]
   apply = jax.jit(opt.stateless_apply)
@@ -109,6 +109,11 @@ def run_wrapper(tx, params0, fed, donate=True):
 
 
 def _adam_count(state):
+  """Keras's `iterations`: the raw call count with gradient accumulation, else Adam's count."""
+  is_acc = lambda x: isinstance(x, optadam.GradientAccumulationState)
+  acc = [x.count for x in jax.tree.leaves(state, is_leaf=is_acc) if is_acc(x)]
+  if acc:
+    return acc
   is_adam = lambda x: isinstance(x, optadam.ScaleByKerasAdamState)
   return [x.count for x in jax.tree.leaves(state, is_leaf=is_adam) if is_adam(x)]
 
@@ -160,6 +165,12 @@ K3_CASES = {
     dict(initial_scale=2.0**10, dynamic_growth_steps=4),
     30,
     {2: "inf", 3: "inf", 9: "nan", 16: "inf"},
+  ),
+  "gradient accumulation inside (k=2)": (
+    dict(learning_rate=0.01, gradient_accumulation_steps=2),
+    dict(initial_scale=2.0**8, dynamic_growth_steps=3),
+    24,
+    {3: "nan", 4: "inf", 11: "nan"},
   ),
   "weight decay + global_clipnorm": (
     dict(learning_rate=0.01, weight_decay=0.02, global_clipnorm=1.0),
