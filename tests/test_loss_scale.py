@@ -49,6 +49,7 @@ def run_keras3_lso(
   raw: Sequence[dict[str, np.ndarray]],
   bad: dict[int, str],
   dtype=np.float32,
+  snapshot_at: Optional[int] = None,
 ):
   """Keras 3's LossScaleOptimizer(Adam) via `stateless_apply` (what Keras's JAX trainer calls).
 
@@ -69,7 +70,10 @@ def run_keras3_lso(
   tv = [v.value for v in variables]
   apply = jax.jit(opt.stateless_apply)
   fed, hist = [], []
+  snapshot = None
   for s, r in enumerate(raw):
+    if s == snapshot_at:
+      snapshot = [np.asarray(v) for v in ov]
     g = _scaled(r, float(ov[i_scale]), bad.get(s), dtype)
     fed.append(g)
     tv, ov = apply(ov, [jnp.asarray(g[k]) for k in SHAPES], tv)
@@ -81,7 +85,7 @@ def run_keras3_lso(
         iterations=int(ov[i_iter]),
       )
     )
-  return fed, hist, opt, ov
+  return fed, hist, opt, ov if snapshot_at is None else snapshot
 
 
 def run_wrapper(tx, params0, fed, donate=True):
@@ -805,8 +809,8 @@ def test_resume_from_keras3_lso_state():
   lso_kwargs = dict(initial_scale=2.0**8, dynamic_growth_steps=3)
   bad = {2: "nan", 9: "inf"}
   raw = _raw_grads(16, seed=21)
-  _, theirs, _, ov = run_keras3_lso(adam_kwargs, lso_kwargs, raw[:7], bad)
-  fed_all, theirs_all, _, _ = run_keras3_lso(adam_kwargs, lso_kwargs, raw, bad)
+  fed_all, theirs_all, _, ov = run_keras3_lso(adam_kwargs, lso_kwargs, raw, bad, snapshot_at=7)
+  theirs = theirs_all[:7]
   tx = optadam.loss_scale_optimizer(optadam.adam(**adam_kwargs), **lso_kwargs, style="keras3")
   params = {k: jnp.asarray(v) for k, v in theirs[-1]["params"].items()}
   state = optadam.state_from_keras(tx, [np.asarray(v) for v in ov], params, order=list(SHAPES))
