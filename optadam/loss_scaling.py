@@ -197,6 +197,8 @@ def loss_scale_optimizer(
   """
   _check_args(inner, initial_scale, dynamic_growth_steps, style)
   growth = int(dynamic_growth_steps)
+  value = hyperparams.concrete_number(initial_scale)
+  power_of_two = value is not None and math.frexp(value)[0] == 0.5
   inner_tx = optax.with_extra_args_support(inner)
 
   def init_fn(params):
@@ -210,7 +212,21 @@ def loss_scale_optimizer(
     values = sparse.values_of(g)
     if style == "keras2":  # get_unscaled_gradients: times the float32 reciprocal, cast to g's dtype
       return sparse.with_values(g, values * (1.0 / scale).astype(values.dtype))
-    return sparse.with_values(g, values / scale)  # Keras 3: ops.divide, promoted (>= float32)
+    # Keras 3: ops.divide(g, scale), promoted to float32 or wider.
+    wide = jnp.promote_types(values.dtype, jnp.float32)
+    if not power_of_two:
+      return sparse.with_values(g, values / scale)
+    # A power-of-two scale stays one (or 0 / inf), and dividing by it is multiplying by its
+    # exact reciprocal: the same bits, without a division that XLA would materialise. The
+    # reciprocal is applied as two normal power-of-two factors (1/scale itself can be
+    # subnormal, which XLA flushes to 0, or overflow), each product exact.
+    r1 = jnp.where(
+      scale > 2.0**64,
+      jnp.float32(2.0**-64),
+      jnp.where(scale < 2.0**-64, jnp.float32(2.0**64), jnp.float32(1.0)),
+    )
+    r2 = 1.0 / (scale * r1)
+    return sparse.with_values(g, values.astype(wide) * r1.astype(wide) * r2.astype(wide))
 
   def update_fn(updates, state, params=None, **extra_args):
     g_leaves, treedef = _tree.flatten_grads(updates)
