@@ -152,7 +152,9 @@ def loss_scale_optimizer(
   ``"keras2"`` reproduces ``LossScaleOptimizer.get_unscaled_gradients`` followed by
   ``apply_gradients`` (Keras 2's custom training loop, and what ``fit`` does);
   ``"keras3"`` reproduces ``keras.optimizers.LossScaleOptimizer.stateless_apply``.
-  With 16-bit gradients the two unscalings round differently (``"keras3"``'s result
+  (With a power-of-two `initial_scale`, the default, ``"keras3"`` multiplies by the exact
+  reciprocal, which gives the bits of the division; a scale that is not a power of two is
+  divided by.) With 16-bit gradients the two unscalings round differently (``"keras3"``'s result
   is float32; `inner` then casts it to the parameter dtype), and for a scale that is
   not a power of two they differ by one rounding even in float32.
 
