@@ -48,6 +48,7 @@ $(TF_STAMP): | $(TF_VENV)/bin/python
 
 golden: $(TF_STAMP)
 	$(TF_VENV)/bin/python tools/make_keras2_golden.py --out tests/golden
+	$(TF_VENV)/bin/python tools/make_loss_scale_golden.py --out tests/golden
 
 # Saved model files of TF 2.15 (.keras, .h5) and Keras 3 (.keras) with their continuation runs,
 # written to tests/fixtures/keras_files/ (see tools/README.md): TF's venv, then the dev venv.
@@ -69,3 +70,4 @@ $(BENCH_STAMP): pyproject.toml | $(BENCH_VENV)/bin/python
 
 bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m benchmarks.step $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python -m benchmarks.loss_scale

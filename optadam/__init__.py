@@ -7,6 +7,13 @@ from optadam.ema import ParameterEmaState, ema_params, finalize_variable_values,
 from optadam.keras3 import GradientAccumulationState, accumulate_gradients, divide_by_loss_scale
 from optadam.keras_compat import from_keras_config, get_config, state_from_keras
 from optadam.keras_file import KerasFile, from_keras_file, read_keras_file
+from optadam.loss_scaling import (
+  LossScaleOptimizer,
+  LossScaleState,
+  loss_scale,
+  loss_scale_optimizer,
+  scale_loss,
+)
 from optadam.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
 from optadam.scale import ScaleByKerasAdamState, scale_by_keras_adam
 from optadam.sparse import IndexedSlices
@@ -22,6 +29,8 @@ __all__ = [
   "IndexedSlices",
   "KerasAdam",
   "KerasFile",
+  "LossScaleOptimizer",
+  "LossScaleState",
   "ParameterEmaState",
   "ScaleByKerasAdamState",
   "ScaleByLearningRateState",
@@ -39,10 +48,13 @@ __all__ = [
   "from_keras_config",
   "from_keras_file",
   "get_config",
+  "loss_scale",
+  "loss_scale_optimizer",
   "parameter_ema",
   "read_keras_file",
   "scale_by_keras_adam",
   "scale_by_learning_rate",
+  "scale_loss",
   "schedules",
   "state_from_keras",
   "state_shardings",

@@ -42,6 +42,7 @@ EXPECTED = {  # at least these
   "ema_and_clipping",
   "sharded_training",
   "keras_file_resume",
+  "loss_scaling",
 }
 PAIRED_FORMATS = "ipynb,py:percent"
 CELL_TIMEOUT_S = 300
