@@ -66,7 +66,8 @@ CORE_TESTS := tests/test_adam_api.py tests/test_adam_parity.py tests/test_golden
 $(MIN_STAMP): pyproject.toml tools/min_requirements.py
 	rm -rf $(MIN_VENV)
 	$(MIN_PYTHON) -m venv $(MIN_VENV)
-	$(PYTHON) tools/min_requirements.py pytest hypothesis keras > $(MIN_VENV)/requirements-min.txt
+	$(MIN_VENV)/bin/python -m pip install -q 'tomli; python_version < "3.11"'
+	$(MIN_VENV)/bin/python tools/min_requirements.py pytest hypothesis keras > $(MIN_VENV)/requirements-min.txt
 	$(MIN_VENV)/bin/python -m pip install -q -r $(MIN_VENV)/requirements-min.txt -e .
 	$(MIN_VENV)/bin/python -m pip check
 	touch $(MIN_STAMP)
