@@ -55,8 +55,7 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pytest -q tests
 
 # The core suite at exactly the floor pyproject.toml declares (jax, jaxlib, optax, chex, numpy, and
-# the dev extra's pytest, hypothesis and keras), in .venv-min. MIN_PYTHON=python3.10 for the
-# Python floor too.
+# the dev extra's pytest, hypothesis and keras), in .venv-min, on MIN_PYTHON (default: $(PYTHON)).
 MIN_PYTHON ?= $(PYTHON)
 MIN_VENV   := .venv-min
 MIN_STAMP  := $(MIN_VENV)/.installed-min
