@@ -18,7 +18,8 @@ EMA_STYLES = ("keras2", "keras3")
 class ParameterEmaState(NamedTuple):
   """State of `parameter_ema`."""
 
-  count: jax.Array  # shape=(), dtype=int32: updates already taken
+  # shape=(), dtype=int32: updates already taken
+  count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count (as in optax)
   ema: optax.Params  # the moving average, shaped like params (dtype: ema_dtype or the param's)
 
 
@@ -130,7 +131,8 @@ def parameter_ema(
     p_leaves = _tree.leaves_like(treedef, params)
     a_leaves = _tree.leaves_like(treedef, state.ema)
 
-    out, new_avg = [], []
+    out: list[Any] = []
+    new_avg = []
     for u, p, avg in zip(u_leaves, p_leaves, a_leaves):
       if u is None and ema_style == "keras2":  # no gradient: not averaged, not overwritten
         out.append(None)
@@ -148,7 +150,7 @@ def parameter_ema(
         if one_minus is None
         else (one_minus if isinstance(one_minus, float) else one_minus.astype(avg.dtype))
       )
-      average = lambda x: m * avg + om * x.astype(avg.dtype)  # pylint: disable=cell-var-from-loop
+      average = lambda x: m * avg + om * x.astype(avg.dtype)  # noqa: B023 (used in this iteration)
       new = average(x_new)
       if u is None:
         u = jnp.zeros_like(p)

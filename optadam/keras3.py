@@ -55,7 +55,8 @@ def divide_by_loss_scale(loss_scale_factor: float) -> optax.GradientTransformati
 class GradientAccumulationState(NamedTuple):
   """State of `accumulate_gradients`."""
 
-  count: jax.Array  # shape=(), dtype=int32: calls so far (Keras 3's raw `_iterations`)
+  # shape=(), dtype=int32: calls so far (Keras 3's raw `_iterations`)
+  count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count (as in optax)
   acc: optax.Updates  # sum of the gradients since the last real update, shaped like params
   inner: optax.OptState  # the wrapped optimizer's state (changes on real updates only)
 

@@ -15,7 +15,8 @@ from optadam import hyperparams
 class ScaleByLearningRateState(NamedTuple):
   """State of `scale_by_learning_rate`."""
 
-  count: jax.Array  # shape=(), dtype=int32: updates already taken (a schedule's step)
+  # shape=(), dtype=int32: updates already taken (a schedule's step)
+  count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count (as in optax)
 
 
 def scale_by_learning_rate(

@@ -16,7 +16,8 @@ from optadam import sparse
 class ScaleByKerasAdamState(NamedTuple):
   """State of `scale_by_keras_adam`."""
 
-  count: jax.Array  # shape=(), dtype=int32: updates already taken (Keras's `iterations`)
+  # shape=(), dtype=int32: updates already taken (Keras's `iterations`)
+  count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count (as in optax)
   mu: optax.Updates  # first moment m, shaped like params (dtype: mu_dtype or the param's)
   nu: optax.Updates  # second moment v, shaped like params (dtype: nu_dtype or the param's)
   nu_max: Optional[
@@ -124,7 +125,8 @@ def scale_by_keras_adam(
     nu_leaves = _tree.leaves_like(treedef, state.nu)
     vmax_leaves = _tree.leaves_like(treedef, state.nu_max) if amsgrad else [None] * len(g_leaves)
 
-    out, new_mu, new_nu, new_vmax = [], [], [], []
+    out: list[Any] = []
+    new_mu, new_nu, new_vmax = [], [], []
     for g, m, v, vmax in zip(g_leaves, mu_leaves, nu_leaves, vmax_leaves):
       if g is None:  # no gradient: this parameter is skipped entirely (Keras)
         out.append(None)

@@ -15,7 +15,8 @@ moments.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 import jax
 import numpy as np
@@ -90,7 +91,7 @@ def _axis_tuple(axes: AxisNames) -> tuple[str, ...]:
 
 
 def _used_axes(spec: PartitionSpec) -> set[str]:
-  used = set()
+  used: set[str] = set()
   for entry in spec:
     if entry is None:
       continue
@@ -171,6 +172,7 @@ def state_shardings(
   zero1_axes = None if zero1_axis is None else _axis_tuple(zero1_axis)
 
   def axis_size_for(sharding: Any) -> int:
+    assert zero1_axes is not None  # only asked for when zero1_axis is given
     m = sharding.mesh if isinstance(sharding, NamedSharding) else mesh
     if m is None:
       raise ValueError("optadam.state_shardings: `zero1_axis` with PartitionSpecs needs `mesh=`.")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,8 @@ def exclusion_mask(patterns: Sequence[str]) -> Callable[[Any], Any]:
 class DecayedWeightsState(NamedTuple):
   """State of `add_decayed_weights` in its Keras placement (after the learning rate)."""
 
-  count: jax.Array  # shape=(), dtype=int32: updates already taken (a schedule's step)
+  # shape=(), dtype=int32: updates already taken (a schedule's step)
+  count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count (as in optax)
 
 
 def _decay_after_learning_rate(

@@ -107,9 +107,7 @@ def _compare(name: str, build: str):
   return g, ours, theirs, final
 
 
-FLOAT_SCENARIOS = [
-  n for n in SCENARIOS if not (n.startswith("float16") or n.startswith("bfloat16"))
-]
+FLOAT_SCENARIOS = [n for n in SCENARIOS if not (n.startswith(("float16", "bfloat16")))]
 
 
 @pytest.mark.parametrize("name", FLOAT_SCENARIOS)
