@@ -6,7 +6,8 @@ that transforms which do not know sparse gradients fail loudly; see the class do
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -125,7 +126,7 @@ class IndexedSlices:
     >>> table = optadam.apply_updates(table, updates)
   """
 
-  __slots__ = ("values", "_keys", "dense_shape")
+  __slots__ = ("_keys", "dense_shape", "values")
 
   def __init__(self, values: Any, indices: Any, dense_shape: Sequence[int]):
     shape = _static_shape(dense_shape)
@@ -188,12 +189,12 @@ class IndexedSlices:
       jnp.zeros(self.dense_shape, self.values.dtype).at[self.indices].add(self.values, mode="drop")
     )
 
-  def with_values(self, values: Any) -> "IndexedSlices":
+  def with_values(self, values: Any) -> IndexedSlices:
     """The same indices with new ``values`` (same leading size)."""
     return IndexedSlices(values, self._keys, self.dense_shape)
 
   def __repr__(self) -> str:
-    values = getattr(self, "values", None)
+    values: Any = getattr(self, "values", None)
     desc = f"{values.dtype}{list(values.shape)}" if hasattr(values, "shape") else repr(values)
     return (
       f"IndexedSlices(values={desc}, indices=int32[{_leading(values)}], "

@@ -56,7 +56,7 @@ def _optimizer_entry(config: Any, path: str, where: str) -> Optional[dict[str, A
 def _layers_in_order(layers_group, model_config: Optional[dict]) -> list[tuple[str, Any]]:
   """(group name, layer config) of a `layers` group, in model order."""
   present = list(layers_group)
-  configs = []
+  configs: list[Any] = []
   if isinstance(model_config, dict):
     configs = (model_config.get("config") or {}).get("layers") or []
   used: dict[str, int] = {}
@@ -162,9 +162,10 @@ def read_keras_archive(path: str, h5py) -> dict[str, Any]:
       opt_values = _read_vars(h5["optimizer"])
       if not opt_values and "inner_optimizer" in h5["optimizer"]:
         opt_values = _read_vars(h5["optimizer"]["inner_optimizer"])
-  candidates = [k for k, t in zip(weights, is_trainable) if t]
+  trainable = [k for k, t in zip(weights, is_trainable) if t]
+  candidates: Optional[list[Any]] = trainable
   slot_shapes = first_moment_shapes(metadata.get("keras_version", ""), optimizer, opt_values)
-  if slot_shapes is not None and slot_shapes != [np.shape(weights[k]) for k in candidates]:
+  if slot_shapes is not None and slot_shapes != [np.shape(weights[k]) for k in trainable]:
     candidates = None  # the layer configs did not tell which variables are trainable
   return dict(
     path=path,
@@ -233,7 +234,7 @@ def read_h5(path: str, h5py) -> dict[str, Any]:
     optimizer = _optimizer_entry(
       training.get("optimizer_config"), path, "the training_config attribute"
     )
-    group = h5["model_weights"] if "model_weights" in h5 else h5
+    group = h5.get("model_weights", h5)
     weights: dict[str, np.ndarray] = {}
     for layer in _name_list(group, "layer_names"):
       layer_group = group[layer]
@@ -317,7 +318,7 @@ def first_moment_index(keras_major: int, config: dict, i: int, n: int) -> int:
 def first_moment_shapes(version: str, entry: Optional[dict], values: list) -> Optional[list]:
   """Shapes of Adam's first-moment slots (= the trainable variables'), or None if unknown."""
   config = adam_config(entry)
-  if config is None or not values:
+  if entry is None or config is None or not values:
     return None
   major = int(str(version).split(".")[0] or 2)
   if major >= 3 and entry.get("class_name") in LSO_CLASSES:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
+from collections.abc import Mapping
 
 import jax
 import numpy as np
@@ -228,7 +229,7 @@ def _keras_order(
       f"`names` must map every parameter path to a variable of {record.path!r}; "
       f"parameters without a name: {missing}; names of no parameter: {unknown}."
     )
-  by_file = {}
+  by_file: dict[str, Any] = {}
   for p in paths:
     target = names[p]
     if target not in record.trainable:

@@ -15,12 +15,11 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-import optadam  # noqa: E402
+import optadam
 
 
 def make_tx(axis_name=None):

@@ -392,18 +392,18 @@ def test_bad_names():
 
 # --- model order and trainable variables ---------------------------------------------------------
 
-STRUCTURE = [
-  (prefix, name)
-  for prefix in ("tf215", "keras3")
-  for name in json.load(open(fixture(f"{prefix}_structure.json"), encoding="utf-8"))[
-    "structure_files"
-  ]
-]
+
+def _structure_files(prefix):
+  with open(fixture(f"{prefix}_structure.json"), encoding="utf-8") as f:
+    return json.load(f)["structure_files"]
+
+
+STRUCTURE = [(prefix, name) for prefix in ("tf215", "keras3") for name in _structure_files(prefix)]
 
 
 @pytest.mark.parametrize("prefix,name", STRUCTURE, ids=[n for _, n in STRUCTURE])
 def test_model_order_and_trainables(prefix, name):
-  """11 Dense layers, BatchNormalization, a frozen Dense, a nested Sequential, as Keras lists them."""
+  """11 Dense layers, BatchNormalization, a frozen Dense, a nested Sequential, in Keras's order."""
   with open(fixture(f"{prefix}_structure.json"), encoding="utf-8") as f:
     meta = json.load(f)
   z = np.load(fixture(f"{prefix}_structure.npz"))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -143,7 +144,7 @@ K3_CASES = {
     dict(learning_rate=0.01),
     dict(initial_scale=2.0**-140, dynamic_growth_steps=5),
     14,
-    {s: "inf" for s in range(0, 10)},
+    {s: "inf" for s in range(10)},
   ),
   "doubling to inf, then stuck": (
     dict(learning_rate=0.01, epsilon=1e-20),
@@ -545,7 +546,7 @@ def test_inject_hyperparams_inner_equals_plain(style):
   injected = optadam.loss_scale_optimizer(
     optax.inject_hyperparams(optadam.adam)(learning_rate=0.01), 2.0**8, 2, style=style
   )
-  a, sa = run_wrapper(plain, _params0(), fed)
+  a, _ = run_wrapper(plain, _params0(), fed)
   b, sb = run_wrapper(injected, _params0(), fed)
   for x, y in zip(a, b):
     assert (x["scale"], x["counter"], x["iterations"]) == (

@@ -53,7 +53,8 @@ SCENARIOS = {
     (2, 3),
   ),
   "schedule_wd_clip": (
-    "ExponentialDecay(0.01, 4, 0.7, staircase) + weight_decay 0.02 (biases excluded) + clipnorm 0.5",
+    "ExponentialDecay(0.01, 4, 0.7, staircase) + weight_decay 0.02 (biases excluded) "
+    "+ clipnorm 0.5",
     lambda keras: dict(learning_rate=_schedule(keras), weight_decay=0.02, clipnorm=0.5),
     ["bias"],
     (2, 3),

@@ -29,11 +29,12 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Callable, Optional
+from typing import Optional
+from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 PREFIX = "loss_scale_"
 K_STEPS = 10

@@ -54,14 +54,14 @@ from optadam.schedules._polynomial import PolynomialDecay
 from optadam.schedules._serialization import SCHEDULES, deserialize, serialize
 
 __all__ = [
-  "LearningRateSchedule",
-  "ExponentialDecay",
-  "PiecewiseConstantDecay",
-  "PolynomialDecay",
-  "InverseTimeDecay",
+  "SCHEDULES",
   "CosineDecay",
   "CosineDecayRestarts",
-  "SCHEDULES",
-  "serialize",
+  "ExponentialDecay",
+  "InverseTimeDecay",
+  "LearningRateSchedule",
+  "PiecewiseConstantDecay",
+  "PolynomialDecay",
   "deserialize",
+  "serialize",
 ]

@@ -99,10 +99,7 @@ def _number_list(name: str, value: Any) -> list:
       f"Argument `{name}` must be a list of numbers. "
       f"Received: {name}={value!r} of type {type(value).__name__}"
     )
-  if hasattr(value, "shape"):
-    items = list(np.asarray(value).tolist())
-  else:
-    items = list(value)
+  items = list(np.asarray(value).tolist()) if hasattr(value, "shape") else list(value)
   out = []
   for i, item in enumerate(items):
     try:
