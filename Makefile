@@ -33,13 +33,13 @@ dist: $(STAMP)
 	$(BIN)/python -m build --no-isolation --outdir dist .
 
 # Regenerate the pins from a clean install of today's newest versions, in a throwaway venv.
-# LOCK_EXTRA: the docs packages, pinned too (the docs extra may not exist on every branch).
+# LOCK_EXTRA: packages to pin beyond the extras (none today).
 LOCK_VENV  := .venv-lock
-LOCK_EXTRA ?= sphinx myst-nb sphinx-book-theme
+LOCK_EXTRA ?=
 lock:
 	rm -rf $(LOCK_VENV)
 	$(PYTHON) -m venv $(LOCK_VENV)
-	$(LOCK_VENV)/bin/python -m pip install -q -e '.[dev,examples,docs]' $(LOCK_EXTRA)
+	$(LOCK_VENV)/bin/python -m pip install -q -e '.[dev,examples,docs,keras-files]' $(LOCK_EXTRA)
 	{ echo "# Pins for \`make test\` and \`make demo\` ($$($(LOCK_VENV)/bin/python -V)); regenerate: make lock"; \
 	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip=='; } > $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
