@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Optional, Sequence
 
 import jax
@@ -14,6 +15,7 @@ from optadam import hyperparams
 from optadam import keras3
 from optadam import learning_rate as learning_rate_lib
 from optadam import scale
+from optadam import sparse
 from optadam import weight_decay as weight_decay_lib
 
 
@@ -118,6 +120,25 @@ def _has_array_hyperparams(*values: Any) -> bool:
   return any(isinstance(v, jax.Array) for v in values)
 
 
+def _checked_jit(update_fn: Any) -> Any:
+  """``jax.jit(update_fn)``, with the sparse row indices checked before the jit hides them.
+
+  The result keeps the jitted function's ``lower``, ``trace``, ``eval_shape`` and
+  cache methods.
+  """
+  jitted = jax.jit(update_fn)
+
+  @functools.wraps(update_fn)
+  def checked(updates, state, params=None, **extra_args):
+    sparse.check_row_indices(updates)
+    return jitted(updates, state, params, **extra_args)
+
+  for attr in ("lower", "trace", "eval_shape", "clear_cache", "_cache_size"):
+    if hasattr(jitted, attr):
+      setattr(checked, attr, getattr(jitted, attr))
+  return checked
+
+
 def adam(
   learning_rate: hyperparams.Hyperparam = 0.001,
   beta_1: hyperparams.Hyperparam = 0.9,
@@ -212,6 +233,23 @@ def adam(
     >>> params = optadam.apply_updates(params, updates)
   """
   _check_kwargs(kwargs)
+  real = hyperparams.real_part  # inject_hyperparams on complex params gives complex arrays
+  learning_rate, beta_1, beta_2 = (
+    real("learning_rate", learning_rate),
+    real("beta_1", beta_1),
+    real("beta_2", beta_2),
+  )
+  epsilon, weight_decay, ema_momentum = (
+    real("epsilon", epsilon),
+    real("weight_decay", weight_decay),
+    real("ema_momentum", ema_momentum),
+  )
+  clipnorm, clipvalue, global_clipnorm = (
+    real("clipnorm", clipnorm),
+    real("clipvalue", clipvalue),
+    real("global_clipnorm", global_clipnorm),
+  )
+  loss_scale_factor = real("loss_scale_factor", loss_scale_factor)
   _check_bool("amsgrad", amsgrad)
   _check_bool("use_ema", use_ema)
   _check_bool("jit_compile", jit_compile)
@@ -281,7 +319,7 @@ def adam(
     ema_overwrite_frequency,
     loss_scale_factor,
   ):
-    update_fn = jax.jit(update_fn)
+    update_fn = _checked_jit(update_fn)
 
   tx = KerasAdam(named.init, update_fn)
   tx.name = name

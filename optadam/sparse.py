@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optadam import _tree
 from optadam import hyperparams
 from jax.extend import random as jax_random
 
@@ -126,15 +127,21 @@ class IndexedSlices:
   ``g.to_dense()`` to feed such transforms. (A BCOO gradient has no such
   guard: its indices are plain integers.)
 
-  Indices must lie in ``[0, dense_shape[0])``. NumPy / Python indices are checked
-  when the object is built; traced or device indices are not checked (that would
-  need a host sync), and out-of-range ones are dropped (as JAX's scatter drops
-  them), negative ones included (they do not wrap).
+  Indices must lie in ``[0, dense_shape[0])``; Keras raises otherwise, and so does
+  optadam whenever the indices are concrete: NumPy / Python indices when the
+  object is built, device arrays when the gradient reaches ``update`` (a
+  `ValueError` naming the index, the gradient's path and the table's shape;
+  with ``optadam.adam(jit_compile=True)`` this check runs before the internal
+  ``jax.jit``, at the cost of reading the indices back to the host). Indices
+  that are traced (the gradient is built inside, or passed into, the user's own
+  ``jax.jit``) cannot be checked: out-of-range rows are then dropped, as JAX's
+  scatter drops them, negative ones included (they do not wrap), so the step is
+  that of the gradient without those entries.
 
   Attributes:
     values: ``[k, *dense_shape[1:]]`` array, the gradient rows.
     indices: ``[k]`` int32 array, the row of each value (a read-only view of the
-      stored indices; duplicates and any order allowed).
+      stored indices, as given; duplicates and any order allowed).
     dense_shape: tuple of ints, the shape of the dense gradient (the parameter's).
 
   Example:
@@ -187,8 +194,15 @@ class IndexedSlices:
 
   @property
   def indices(self) -> jax.Array:
-    """The row indices, int32 ``[k]`` (out-of-range ones read as ``dense_shape[0]``)."""
-    return jax.random.key_data(self._keys)[:, 0].astype(jnp.int32)
+    """The row indices, int32 ``[k]``, as given (out-of-range ones included)."""
+    return jax.lax.bitcast_convert_type(jax.random.key_data(self._keys)[:, 0], jnp.int32)
+
+  def _row_ids(self) -> jax.Array:
+    """The row indices with every out-of-range one (negative ones too) set to
+    ``dense_shape[0]``, which the scatters drop."""
+    idx = self.indices
+    rows = self.dense_shape[0]
+    return jnp.where((idx >= 0) & (idx < rows), idx, rows)
 
   @property
   def dtype(self) -> Any:
@@ -207,7 +221,9 @@ class IndexedSlices:
   def to_dense(self) -> jax.Array:
     """The densified gradient, ``zeros(dense_shape).at[indices].add(values)``."""
     return (
-      jnp.zeros(self.dense_shape, self.values.dtype).at[self.indices].add(self.values, mode="drop")
+      jnp.zeros(self.dense_shape, self.values.dtype)
+      .at[self._row_ids()]
+      .add(self.values, mode="drop")
     )
 
   def with_values(self, values: Any) -> "IndexedSlices":
@@ -264,7 +280,11 @@ def _leading(values: Any) -> str:
 
 
 def _to_keys(indices: Any, num_rows: int) -> jax.Array:
-  """Integer row indices -> the stored key array; out-of-range rows become `num_rows`."""
+  """Integer row indices -> the stored key array (their int32 bits, as uint32).
+
+  Out-of-range indices are stored as given (beyond the int32 range: clipped to
+  it), so that `check_row_indices` can name them; the scatters drop them.
+  """
   if not isinstance(indices, (jax.Array, jax.core.Tracer)):
     host = np.asarray(indices)
     if not np.issubdtype(host.dtype, np.integer):
@@ -279,10 +299,12 @@ def _to_keys(indices: Any, num_rows: int) -> jax.Array:
     raise TypeError(f"optadam.IndexedSlices: `indices` must be integers; got dtype {idx.dtype}.")
   if idx.ndim != 1:
     raise ValueError(f"optadam.IndexedSlices: `indices` must be 1-D; got shape {idx.shape}.")
-  if idx.dtype.itemsize < 4:
-    idx = idx.astype(jnp.int32)
-  idx = jnp.where((idx >= 0) & (idx < num_rows), idx, num_rows).astype(jnp.uint32)
-  return jax.random.wrap_key_data(idx[:, None], impl=_INDICES_IMPL)
+  if jnp.issubdtype(idx.dtype, jnp.unsignedinteger) and idx.dtype.itemsize >= 4:
+    idx = jnp.minimum(idx, _INT32_MAX)
+  elif idx.dtype.itemsize > 4:
+    idx = jnp.clip(idx, -_INT32_MAX - 1, _INT32_MAX)
+  bits = jax.lax.bitcast_convert_type(idx.astype(jnp.int32), jnp.uint32)
+  return jax.random.wrap_key_data(bits[:, None], impl=_INDICES_IMPL)
 
 
 def _bcoo_type() -> Any:
@@ -338,7 +360,7 @@ def _rows(g: Any, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array, int]:
       f"shape {tuple(shape)}."
     )
   if isinstance(g, IndexedSlices):
-    return g.indices, g.values, shape[0]
+    return g._row_ids(), g.values, shape[0]  # pylint: disable=protected-access
   if g.n_batch:
     raise ValueError(
       "optadam accepts BCOO gradients with n_batch=0 only; got n_batch="
@@ -393,9 +415,10 @@ def keras_moments(
   With ``s`` the values summed per unique row (`sum_duplicates`)::
 
     m = m - m * (1 - beta_1);   m[rows] += s * (1 - beta_1)
-    v = v - v * (1 - beta_2);   v[rows] += s**2 * (1 - beta_2)
+    v = v - v * (1 - beta_2);   v[rows] += |s|**2 * (1 - beta_2)
 
   (Keras: ``m.assign_add(-m * (1 - beta_1))`` then ``m.scatter_add(...)``.)
+  ``|s|**2`` is ``s * s`` for real values, ``real(s * conj(s))`` for complex ones.
   ``one_minus_b*`` are Python floats (rounded straight to the moment dtype) or
   float32 arrays (cast). The values are cast to each moment's dtype after the
   duplicate sum, as the dense path casts the gradient.
@@ -412,7 +435,39 @@ def keras_moments(
   if values.shape[0]:
     rows, summed = sum_duplicates(ids, values, num_rows)
     s_m = summed.astype(m.dtype)
-    s_v = summed.astype(v.dtype)
+    if _tree.is_complex(summed.dtype):  # v follows |s|^2, real
+      s_sq = _tree.complex_abs_sq(summed, v.dtype)
+    else:
+      s_sq = jnp.square(summed.astype(v.dtype))
     m_rows = m_rows.at[rows].add(s_m * c1, mode="drop", indices_are_sorted=True)
-    v_rows = v_rows.at[rows].add(jnp.square(s_v) * c2, mode="drop", indices_are_sorted=True)
+    v_rows = v_rows.at[rows].add(s_sq * c2, mode="drop", indices_are_sorted=True)
   return m_rows.reshape(shape), v_rows.reshape(shape)
+
+
+def check_row_indices(updates: Any) -> None:
+  """Raises a ValueError if a concrete `IndexedSlices` row index is outside ``[0, rows)``.
+
+  Walks the gradient tree; indices that are traced (inside a ``jax.jit``) or not
+  fully addressable from this process are skipped (they cannot be read here).
+  Keras raises for such an index; JAX's scatter would drop the row silently.
+  """
+  flat, _ = jax.tree_util.tree_flatten_with_path(updates, is_leaf=_tree.is_grad_leaf)
+  for path, g in flat:
+    if not isinstance(g, IndexedSlices):
+      continue
+    keys = g._keys  # pylint: disable=protected-access
+    if not isinstance(keys, jax.Array) or isinstance(keys, jax.core.Tracer):
+      continue
+    if not keys.is_fully_addressable:
+      continue
+    ids = np.asarray(g.indices)
+    rows = g.dense_shape[0]
+    bad = ids[(ids < 0) | (ids >= rows)]
+    if bad.size:
+      where = f" at `{_tree.path_str(path)}`" if path else ""
+      listed = ", ".join(str(i) for i in bad[:5].tolist()) + (", ..." if bad.size > 5 else "")
+      raise ValueError(
+        f"The IndexedSlices gradient{where} has row index {listed} outside [0, {rows}) of "
+        f"its table (dense_shape {g.dense_shape}); Keras raises here too. (Inside your own "
+        "jax.jit such rows cannot be checked and are dropped.)"
+      )
