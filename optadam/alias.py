@@ -123,6 +123,9 @@ def _has_array_hyperparams(*values: Any) -> bool:
 def _checked_jit(update_fn: Any) -> Any:
   """``jax.jit(update_fn)``, with the sparse row indices checked before the jit hides them.
 
+  Extra keyword arguments (optax's ``GradientTransformationExtraArgs``) are
+  accepted and not passed into the compiled function: no transform of the chain
+  reads them, so any value (a string, an object) is fine and none recompiles.
   The result keeps the jitted function's ``lower``, ``trace``, ``eval_shape`` and
   cache methods.
   """
@@ -130,8 +133,9 @@ def _checked_jit(update_fn: Any) -> Any:
 
   @functools.wraps(update_fn)
   def checked(updates, state, params=None, **extra_args):
+    del extra_args  # read by no transform of the chain
     sparse.check_row_indices(updates)
-    return jitted(updates, state, params, **extra_args)
+    return jitted(updates, state, params)
 
   for attr in ("lower", "trace", "eval_shape", "clear_cache", "_cache_size"):
     if hasattr(jitted, attr):
