@@ -187,6 +187,16 @@ def adam(
   decay or EMA) and give ``None`` updates (`optadam.apply_updates` keeps those
   parameters).
 
+  Parameters may be float16, bfloat16, float32, float64, complex64 or complex128;
+  any other leaf (an integer step counter, an RNG key) is a `TypeError` at
+  ``init`` naming its path (exclude it with ``optax.multi_transform`` and
+  ``optax.set_to_zero``, ``optax.masked``, or nnx's ``wrt=nnx.Param``). Complex
+  parameters follow optax's convention with Keras's arithmetic: ``m`` averages
+  ``g``, ``v`` averages the real ``|g|^2`` (see `optadam.scale_by_keras_adam`);
+  give the optimizer ``conj(jax.grad(loss))``. ``init`` also accepts
+  `jax.ShapeDtypeStruct` leaves (zeros with the structs' shardings). Extra
+  keyword arguments to ``update`` are accepted and ignored.
+
   Args:
     learning_rate: float, scalar array, schedule ``fn(step)`` (e.g. from
       `optadam.schedules`) or zero-argument callable (called at every step).
