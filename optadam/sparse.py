@@ -451,6 +451,9 @@ def check_row_indices(updates: Any) -> None:
   fully addressable from this process are skipped (they cannot be read here).
   Keras raises for such an index; JAX's scatter would drop the row silently.
   """
+  leaves = jax.tree.leaves(updates, is_leaf=_tree.is_grad_leaf)
+  if not any(isinstance(g, IndexedSlices) for g in leaves):  # the common, dense case: no paths
+    return
   flat, _ = jax.tree_util.tree_flatten_with_path(updates, is_leaf=_tree.is_grad_leaf)
   for path, g in flat:
     if not isinstance(g, IndexedSlices):
