@@ -114,10 +114,11 @@ def divide_by_real(x: jax.Array, d: jax.Array) -> jax.Array:
 NOT_OPTIMIZABLE = (
   "{who} cannot optimize the parameter {where} of dtype {dtype} and shape {shape}: "
   "only floating-point and complex parameters can be optimized. Keep it out of the "
-  "optimizer: `optax.masked(tx, mask)` with False at that leaf, `optax.multi_transform("
-  "{{'adam': tx, 'frozen': optax.set_to_zero()}}, labels)` labelling it 'frozen', or in "
-  "Flax NNX `nnx.Optimizer(model, tx, wrt=nnx.Param)` so that only parameters are "
-  "optimized (not step counters, RNG keys or other integer state)."
+  "optimizer: label it 'frozen' in `optax.multi_transform({{'adam': tx, 'frozen': "
+  "optax.set_to_zero()}}, labels)`, or wrap `optax.masked(tx, mask)` with False at that leaf "
+  "(its gradient then passes through unchanged), or in Flax NNX use "
+  "`nnx.Optimizer(model, tx, wrt=nnx.Param)` so that only parameters are optimized (not step "
+  "counters, RNG keys or other integer state)."
 )
 
 
