@@ -105,15 +105,21 @@ class IndexedSlices:
   ``g.to_dense()`` to feed such transforms. (A BCOO gradient has no such
   guard: its indices are plain integers.)
 
-  Indices must lie in ``[0, dense_shape[0])``. NumPy / Python indices are checked
-  when the object is built; traced or device indices are not checked (that would
-  need a host sync), and out-of-range ones are dropped (as JAX's scatter drops
-  them), negative ones included (they do not wrap).
+  Indices must lie in ``[0, dense_shape[0])``; Keras raises otherwise, and so does
+  optadam whenever the indices are concrete: NumPy / Python indices when the
+  object is built, device arrays when the gradient reaches ``update`` (a
+  `ValueError` naming the index, the gradient's path and the table's shape;
+  with ``optadam.adam(jit_compile=True)`` this check runs before the internal
+  ``jax.jit``, at the cost of reading the indices back to the host). Indices
+  that are traced (the gradient is built inside, or passed into, the user's own
+  ``jax.jit``) cannot be checked: out-of-range rows are then dropped, as JAX's
+  scatter drops them, negative ones included (they do not wrap), so the step is
+  that of the gradient without those entries.
 
   Attributes:
     values: ``[k, *dense_shape[1:]]`` array, the gradient rows.
     indices: ``[k]`` int32 array, the row of each value (a read-only view of the
-      stored indices; duplicates and any order allowed).
+      stored indices, as given; duplicates and any order allowed).
     dense_shape: tuple of ints, the shape of the dense gradient (the parameter's).
 
   Example:
@@ -166,8 +172,15 @@ class IndexedSlices:
 
   @property
   def indices(self) -> jax.Array:
-    """The row indices, int32 ``[k]`` (out-of-range ones read as ``dense_shape[0]``)."""
-    return jax.random.key_data(self._keys)[:, 0].astype(jnp.int32)
+    """The row indices, int32 ``[k]``, as given (out-of-range ones included)."""
+    return jax.lax.bitcast_convert_type(jax.random.key_data(self._keys)[:, 0], jnp.int32)
+
+  def _row_ids(self) -> jax.Array:
+    """The row indices with every out-of-range one (negative ones too) set to
+    ``dense_shape[0]``, which the scatters drop."""
+    idx = self.indices
+    rows = self.dense_shape[0]
+    return jnp.where((idx >= 0) & (idx < rows), idx, rows)
 
   @property
   def dtype(self) -> Any:
@@ -186,7 +199,9 @@ class IndexedSlices:
   def to_dense(self) -> jax.Array:
     """The densified gradient, ``zeros(dense_shape).at[indices].add(values)``."""
     return (
-      jnp.zeros(self.dense_shape, self.values.dtype).at[self.indices].add(self.values, mode="drop")
+      jnp.zeros(self.dense_shape, self.values.dtype)
+      .at[self._row_ids()]
+      .add(self.values, mode="drop")
     )
 
   def with_values(self, values: Any) -> IndexedSlices:
@@ -243,7 +258,11 @@ def _leading(values: Any) -> str:
 
 
 def _to_keys(indices: Any, num_rows: int) -> jax.Array:
-  """Integer row indices -> the stored key array; out-of-range rows become `num_rows`."""
+  """Integer row indices -> the stored key array (their int32 bits, as uint32).
+
+  Out-of-range indices are stored as given (beyond the int32 range: clipped to
+  it), so that `check_row_indices` can name them; the scatters drop them.
+  """
   if not isinstance(indices, (jax.Array, jax.core.Tracer)):
     host = np.asarray(indices)
     if not np.issubdtype(host.dtype, np.integer):
@@ -258,7 +277,9 @@ def _to_keys(indices: Any, num_rows: int) -> jax.Array:
     raise TypeError(f"optadam.IndexedSlices: `indices` must be integers; got dtype {idx.dtype}.")
   if idx.ndim != 1:
     raise ValueError(f"optadam.IndexedSlices: `indices` must be 1-D; got shape {idx.shape}.")
-  if idx.dtype.itemsize < 4:
-    idx = idx.astype(jnp.int32)
-  idx = jnp.where((idx >= 0) & (idx < num_rows), idx, num_rows).astype(jnp.uint32)
-  return jax.random.wrap_key_data(idx[:, None], impl=_INDICES_IMPL)
+  if jnp.issubdtype(idx.dtype, jnp.unsignedinteger) and idx.dtype.itemsize >= 4:
+    idx = jnp.minimum(idx, _INT32_MAX)
+  elif idx.dtype.itemsize > 4:
+    idx = jnp.clip(idx, -_INT32_MAX - 1, _INT32_MAX)
+  bits = jax.lax.bitcast_convert_type(idx.astype(jnp.int32), jnp.uint32)
+  return jax.random.wrap_key_data(bits[:, None], impl=_INDICES_IMPL)

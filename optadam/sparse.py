@@ -30,7 +30,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from optadam import _tree
 from optadam import hyperparams
 from optadam._indexed_slices import _INT32_MAX, IndexedSlices
 
@@ -88,7 +90,7 @@ def _rows(g: Any, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array, int]:
       f"shape {tuple(shape)}."
     )
   if isinstance(g, IndexedSlices):
-    return g.indices, g.values, shape[0]
+    return g._row_ids(), g.values, shape[0]  # pylint: disable=protected-access
   if g.n_batch:
     raise ValueError(
       "optadam accepts BCOO gradients with n_batch=0 only; got n_batch="
@@ -143,9 +145,10 @@ def keras_moments(
   With ``s`` the values summed per unique row (`sum_duplicates`)::
 
     m = m - m * (1 - beta_1);   m[rows] += s * (1 - beta_1)
-    v = v - v * (1 - beta_2);   v[rows] += s**2 * (1 - beta_2)
+    v = v - v * (1 - beta_2);   v[rows] += |s|**2 * (1 - beta_2)
 
   (Keras: ``m.assign_add(-m * (1 - beta_1))`` then ``m.scatter_add(...)``.)
+  ``|s|**2`` is ``s * s`` for real values, ``real(s * conj(s))`` for complex ones.
   ``one_minus_b*`` are Python floats (rounded straight to the moment dtype) or
   float32 arrays (cast). The values are cast to each moment's dtype after the
   duplicate sum, as the dense path casts the gradient.
@@ -162,7 +165,42 @@ def keras_moments(
   if values.shape[0]:
     rows, summed = sum_duplicates(ids, values, num_rows)
     s_m = summed.astype(m.dtype)
-    s_v = summed.astype(v.dtype)
+    if _tree.is_complex(summed.dtype):  # v follows |s|^2, real
+      s_sq = _tree.complex_abs_sq(summed, v.dtype)
+    else:
+      s_sq = jnp.square(summed.astype(v.dtype))
     m_rows = m_rows.at[rows].add(s_m * c1, mode="drop", indices_are_sorted=True)
-    v_rows = v_rows.at[rows].add(jnp.square(s_v) * c2, mode="drop", indices_are_sorted=True)
+    v_rows = v_rows.at[rows].add(s_sq * c2, mode="drop", indices_are_sorted=True)
   return m_rows.reshape(shape), v_rows.reshape(shape)
+
+
+def check_row_indices(updates: Any) -> None:
+  """Raises a ValueError if a concrete `IndexedSlices` row index is outside ``[0, rows)``.
+
+  Walks the gradient tree; indices that are traced (inside a ``jax.jit``) or not
+  fully addressable from this process are skipped (they cannot be read here).
+  Keras raises for such an index; JAX's scatter would drop the row silently.
+  """
+  leaves = jax.tree.leaves(updates, is_leaf=_tree.is_grad_leaf)
+  if not any(isinstance(g, IndexedSlices) for g in leaves):  # the common, dense case: no paths
+    return
+  flat, _ = jax.tree_util.tree_flatten_with_path(updates, is_leaf=_tree.is_grad_leaf)
+  for path, g in flat:
+    if not isinstance(g, IndexedSlices):
+      continue
+    keys = g._keys  # pylint: disable=protected-access
+    if not isinstance(keys, jax.Array) or isinstance(keys, jax.core.Tracer):
+      continue
+    if not keys.is_fully_addressable:
+      continue
+    ids = np.asarray(g.indices)
+    rows = g.dense_shape[0]
+    bad = ids[(ids < 0) | (ids >= rows)]
+    if bad.size:
+      where = f" at `{_tree.path_str(path)}`" if path else ""
+      listed = ", ".join(str(i) for i in bad[:5].tolist()) + (", ..." if bad.size > 5 else "")
+      raise ValueError(
+        f"The IndexedSlices gradient{where} has row index {listed} outside [0, {rows}) of "
+        f"its table (dense_shape {g.dense_shape}); Keras raises here too. (Inside your own "
+        "jax.jit such rows cannot be checked and are dropped.)"
+      )

@@ -96,7 +96,8 @@ def add_decayed_weights(
     (a few ulp over a run; measured 13 float32 ulp against TF 2.15 in 30 steps).
 
   A weight decay of 0 still runs (Keras). Leaves whose gradient is None get no
-  decay. A Python-number rate is rounded to float32 first, as Keras 2's
+  decay. A complex parameter is decayed as a complex number (the rate is real).
+  A Python-number rate is rounded to float32 first, as Keras 2's
   ``tf.cast(weight_decay, dtype)`` does (visible only for float64 parameters).
 
   Args:
