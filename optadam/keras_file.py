@@ -20,6 +20,7 @@ Three layouts are read (all with h5py, imported lazily; the optional extra
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from typing import Any, Optional
@@ -316,7 +317,6 @@ def from_keras_file(
   Raises:
     ValueError: no optimizer in the file, another class than Adam, a legacy
       optimizer, or variables whose number or shapes do not fit `params`.
-    NotImplementedError: a LossScaleOptimizer, until `optadam` has one.
 
   Example:
     >>> import numpy as np, optadam
@@ -344,15 +344,15 @@ def from_keras_file(
 
 
 def _from_loss_scale_file(record, entry, params, names, overrides):
-  import optadam  # pylint: disable=import-outside-toplevel
-
-  if not hasattr(optadam, "loss_scale_optimizer"):
-    raise NotImplementedError(
-      f"{record.path!r}: the optimizer is a {entry['class_name']} wrapping "
-      f"{(entry.get('config') or {}).get('inner_optimizer', {}).get('class_name')!r}; "
-      "optadam has no LossScaleOptimizer yet (optadam.loss_scale_optimizer)."
-    )
+  """`optadam.loss_scale_optimizer` around the file's Adam, and its state."""
   order = _keras_order(record, params, names)
+  entry = json.loads(json.dumps(entry))  # a deep copy: the record stays as read
+  inner = entry["config"]["inner_optimizer"]
+  body = inner.get("config") if "class_name" in inner else inner
+  if isinstance(body, dict):  # the inner Adam's options, as for a plain Adam file
+    body.pop("jit_compile", None)
+    if record.keras_major >= 3 and body.get("use_ema"):
+      overrides.setdefault("ema_style", "keras3")
   tx = keras_compat.from_keras_config(entry, **overrides)
   extra = {}
   if record.keras_major < 3:

@@ -335,21 +335,18 @@ def test_loss_scale_optimizer(name, cls, count):
   assert len(record.optimizer_variables) == count
   assert record.trainable == ("layers/dense/vars/0", "layers/dense/vars/1")
   params = _kernel_first(name)
-  if hasattr(optadam, "loss_scale_optimizer"):  # routed through from_keras_config/state_from_keras
-    tx, state = optadam.from_keras_file(fixture(name), params)
-    assert type(tx).__name__ == "LossScaleOptimizer"
-    assert int(state.inner.adam.count) == 2
-    inner = record.optimizer_variables[count - 4 :]  # m, v of the kernel, m, v of the bias
-    np.testing.assert_array_equal(state.inner.adam.mu[0], inner[0])
-    np.testing.assert_array_equal(state.inner.adam.nu[1], inner[3])
-    if cls == "LossScaleOptimizerV3":  # TF 2.15 saves no loss scale: it restarts, as in TF
-      assert float(state.scale) == 32768.0 and int(state.good_steps) == 0
-    else:  # Keras 3: step_counter and dynamic_scale are the LossScaleOptimizer's own variables
-      assert float(state.scale) == float(record.optimizer_variables[3])
-      assert int(state.good_steps) == int(record.optimizer_variables[2]) == 2
-  else:
-    with pytest.raises(NotImplementedError, match=rf"{cls} wrapping 'Adam'"):
-      optadam.from_keras_file(fixture(name), params)
+  tx, state = optadam.from_keras_file(fixture(name), params)
+  assert isinstance(tx, optadam.LossScaleOptimizer)
+  assert tx.style == ("keras2" if cls == "LossScaleOptimizerV3" else "keras3")
+  assert int(state.inner.adam.count) == 2
+  inner = record.optimizer_variables[count - 4 :]  # m, v of the kernel, m, v of the bias
+  np.testing.assert_array_equal(state.inner.adam.mu[0], inner[0])
+  np.testing.assert_array_equal(state.inner.adam.nu[1], inner[3])
+  if cls == "LossScaleOptimizerV3":  # TF 2.15 saves no loss scale: it restarts, as in TF
+    assert float(state.scale) == 32768.0 and int(state.good_steps) == 0
+  else:  # Keras 3: step_counter and dynamic_scale are the LossScaleOptimizer's own variables
+    assert float(state.scale) == float(record.optimizer_variables[3])
+    assert int(state.good_steps) == int(record.optimizer_variables[2]) == 2
 
 
 def test_count_and_shape_mismatch():
