@@ -1,7 +1,7 @@
 """The ``Example:`` blocks of every optadam module's docstrings, run with the stdlib `doctest`.
 
-One test per module (found with `pkgutil`, so a new module is picked up without editing this
-file); a failing example shows doctest's report of what it expected and what it got.
+One test per module and subpackage module (found with `pkgutil.walk_packages`, so a new module
+is picked up without editing this file); a failing example shows doctest's report of what it expected and what it got.
 """
 
 from __future__ import annotations
@@ -14,8 +14,19 @@ import pytest
 
 import optadam
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(optadam.__path__, "optadam."))
-WITH_EXAMPLES = ("optadam.alias", "optadam.scale", "optadam.schedules", "optadam.sparse")
+MODULES = sorted(m.name for m in pkgutil.walk_packages(optadam.__path__, "optadam."))
+WITH_EXAMPLES = (  # doctest finds an example in the module that defines the object
+  "optadam._indexed_slices",
+  "optadam.alias",
+  "optadam.keras_file",
+  "optadam.loss_scaling",
+  "optadam.scale",
+  "optadam.schedules._cosine",
+  "optadam.schedules._exponential",
+  "optadam.schedules._piecewise",
+  "optadam.schedules._polynomial",
+  "optadam.schedules._serialization",
+)
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
