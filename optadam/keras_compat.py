@@ -11,6 +11,7 @@ import numpy as np
 from optadam import _tree
 from optadam import alias
 from optadam import ema as ema_lib
+from optadam import grouping
 from optadam import hyperparams
 from optadam import keras3
 from optadam import schedules
@@ -258,7 +259,8 @@ def state_from_keras(
       out.append(value)
     return out
 
-  state = tx.init(params)
+  grouped = tx.init(params)
+  state = grouping.ungroup_state(grouped)  # filled per parameter path, packed again at the end
   inner = state.inner if isinstance(state, keras3.GradientAccumulationState) else state
   k = args["gradient_accumulation_steps"] or 1
   real = iteration // k
@@ -283,5 +285,7 @@ def state_from_keras(
     )
   if isinstance(state, keras3.GradientAccumulationState):
     acc = tree_of(pick("acc"), state.acc) if layout["acc"] else state.acc
-    return state._replace(count=count(iteration), acc=acc, inner=inner)
-  return inner
+    return grouping.regroup_state(
+      state._replace(count=count(iteration), acc=acc, inner=inner), grouped
+    )
+  return grouping.regroup_state(inner, grouped)
