@@ -250,6 +250,13 @@ def state_shardings(
         raise
       # e.g. optax.masked with a pytree mask: match the abstract state structurally.
       return state_shardings(state, param_shardings, zero1_axis=zero1_axis, mesh=mesh)
+    if state is None and getattr(tx, "group_small_leaves", None) is not None:
+      raise ValueError(
+        "optadam.state_shardings: this optimizer groups small leaves (group_small_leaves), so "
+        "its state's layout depends on the parameters' shapes: pass arrays or "
+        "jax.ShapeDtypeStructs carrying shardings as `param_shardings`, or pass the state "
+        "(e.g. jax.eval_shape(tx.init, params)) instead of the optimizer."
+      )
     if state is None:
       state = placeholder_state
     try:
