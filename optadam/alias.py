@@ -261,7 +261,11 @@ def adam(
       buffers, and the Adam step, learning rate, weight decay and EMA run on
       those buffers (`optadam.grouping.group_leaves`): the same numbers, in a
       fraction of the kernels on many-leaf trees (compile time, dispatch).
-      Clipping stays per tensor. The state then holds `optadam.LeafGroups`
+      Clipping stays per tensor. A few thousand elements (e.g. 4096) groups the
+      biases, norm scales and small kernels while large kernels stay leaves.
+      Bit-identical to the ungrouped step in most configurations, within a few
+      ulp where XLA:CPU fuses a multiply-add differently (see
+      `optadam.grouping`). The state then holds `optadam.LeafGroups`
       where it would hold params-shaped trees; `optadam.ungroup_state` gives
       it per parameter path. Not with ``ema_style="keras3"``; sparse gradients
       only on leaves above the threshold.

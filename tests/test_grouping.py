@@ -74,7 +74,7 @@ def assert_close_updates(a: Any, b: Any) -> None:
 
   The updates a jitted step returns are extra outputs whose fusion XLA may
   choose differently (a slice of the packed update vs a per-leaf kernel), so
-  they are not pinned bit for bit (atol 1e-8: a tenth of an ulp of the O(1) parameters; the
+  they are not pinned bit for bit (atol 2.5e-7: two ulps of the O(1) parameters, in configurations where those may differ; the
   weight-decay placement ((x - x*wd*lr) + u) - x cancels); the parameters and the state are.
   """
   la, ta = jax.tree.flatten(a, is_leaf=lambda x: x is None)
@@ -84,7 +84,7 @@ def assert_close_updates(a: Any, b: Any) -> None:
     assert (x is None) == (y is None)
     if x is not None:
       np.testing.assert_allclose(
-        np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=1e-6, atol=1e-8
+        np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=1e-6, atol=2.5e-7
       )
 
 
