@@ -46,7 +46,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from benchmarks.hlo import leaf_traffic
 
@@ -84,7 +85,9 @@ DESCRIPTIONS = {
   "optadam.adam": "`optadam.adam(1e-3)` (defaults)",
   "optax.amsgrad": "`optax.amsgrad(1e-3)`",
   "optadam amsgrad": "`optadam.adam(1e-3, amsgrad=True)`",
-  "optax clip+adamw": "`optax.chain(optax.clip_by_block_rms(1.0), optax.adamw(1e-3, weight_decay=0.004))`",
+  "optax clip+adamw": (
+    "`optax.chain(optax.clip_by_block_rms(1.0), optax.adamw(1e-3, weight_decay=0.004))`"
+  ),
   "optadam wd+clipnorm": "`optadam.adam(1e-3, weight_decay=0.004, clipnorm=1.0)`",
   "optadam ema": "`optadam.adam(1e-3, use_ema=True)`",
   "optadam ema+overwrite": "`optadam.adam(1e-3, use_ema=True, ema_overwrite_frequency=100)`",
@@ -743,14 +746,14 @@ def worker_hlo(names: list[str]) -> dict[str, Any]:
     if name.endswith("mismatched"):
 
       def step(s, p, g):
-        u, s = tx.update(g, s, p)
+        u, s = tx.update(g, s, p)  # noqa: B023 (compiled in this iteration)
         return optax.apply_updates(p, u), s
 
       args = (state, params, grads)
     else:
 
       def step(p, s, g):
-        u, s = tx.update(g, s, p)
+        u, s = tx.update(g, s, p)  # noqa: B023 (compiled in this iteration)
         return optax.apply_updates(p, u), s
 
       args = (params, state, grads)
@@ -844,7 +847,7 @@ def time_case(tree: str, impls: list[str], rounds: int, batch_s: float) -> dict[
 
   try:
     for g in groups:  # built one after the other: compilation does not overlap timing
-      logs.append(tempfile.TemporaryFile("w+"))
+      logs.append(tempfile.TemporaryFile("w+"))  # noqa: SIM115 (closed with the servers)
       proc = subprocess.Popen(
         _worker_cmd({"kind": "serve", "tree": tree, "impls": g, "batch_s": batch_s}),
         cwd=root,

@@ -7,6 +7,14 @@ from optadam.grouping import LeafGroups, regroup_state, ungroup_state
 from optadam.ema import ParameterEmaState, ema_params, finalize_variable_values, parameter_ema
 from optadam.keras3 import GradientAccumulationState, accumulate_gradients, divide_by_loss_scale
 from optadam.keras_compat import from_keras_config, get_config, state_from_keras
+from optadam.keras_file import KerasFile, from_keras_file, read_keras_file
+from optadam.loss_scaling import (
+  LossScaleOptimizer,
+  LossScaleState,
+  loss_scale,
+  loss_scale_optimizer,
+  scale_loss,
+)
 from optadam.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
 from optadam.scale import ScaleByKerasAdamState, scale_by_keras_adam
 from optadam.sparse import IndexedSlices
@@ -21,7 +29,10 @@ __all__ = [
   "GradientAccumulationState",
   "IndexedSlices",
   "KerasAdam",
+  "KerasFile",
   "LeafGroups",
+  "LossScaleOptimizer",
+  "LossScaleState",
   "ParameterEmaState",
   "ScaleByKerasAdamState",
   "ScaleByLearningRateState",
@@ -37,11 +48,16 @@ __all__ = [
   "exclusion_mask",
   "finalize_variable_values",
   "from_keras_config",
+  "from_keras_file",
   "get_config",
+  "loss_scale",
+  "loss_scale_optimizer",
   "parameter_ema",
+  "read_keras_file",
   "regroup_state",
   "scale_by_keras_adam",
   "scale_by_learning_rate",
+  "scale_loss",
   "schedules",
   "state_from_keras",
   "state_shardings",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Sequence
+import functools
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -15,6 +17,7 @@ from optadam import hyperparams
 from optadam import keras3
 from optadam import learning_rate as learning_rate_lib
 from optadam import scale
+from optadam import sparse
 from optadam import weight_decay as weight_decay_lib
 
 
@@ -106,8 +109,8 @@ def _keyed_chain(
 ) -> optax.GradientTransformationExtraArgs:
   """`optax.chain` of the transforms, its state an `AdamState` (keyed by name, not position).
 
-  With `group` (``(max_size, decay_mask_fn, clipnorm, global_clipnorm)``), the elementwise part of the chain
-  (adam .. ema) runs on packed small leaves (`optadam.grouping.group_leaves`).
+  With `group` (``(max_size, decay_mask_fn, clipnorm, global_clipnorm)``), the elementwise
+  part of the chain (adam .. ema) runs on packed small leaves (`optadam.grouping.group_leaves`).
   """
   if group is None:
     chain = optax.chain(*transforms)
@@ -178,6 +181,29 @@ def _has_array_hyperparams(*values: Any) -> bool:
   return any(isinstance(v, jax.Array) for v in values)
 
 
+def _checked_jit(update_fn: Any) -> Any:
+  """``jax.jit(update_fn)``, with the sparse row indices checked before the jit hides them.
+
+  Extra keyword arguments (optax's ``GradientTransformationExtraArgs``) are
+  accepted and not passed into the compiled function: no transform of the chain
+  reads them, so any value (a string, an object) is fine and none recompiles.
+  The result keeps the jitted function's ``lower``, ``trace``, ``eval_shape`` and
+  cache methods.
+  """
+  jitted = jax.jit(update_fn)
+
+  @functools.wraps(update_fn)
+  def checked(updates, state, params=None, **extra_args):
+    del extra_args  # read by no transform of the chain
+    sparse.check_row_indices(updates)
+    return jitted(updates, state, params)
+
+  for attr in ("lower", "trace", "eval_shape", "clear_cache", "_cache_size"):
+    if hasattr(jitted, attr):
+      setattr(checked, attr, getattr(jitted, attr))
+  return checked
+
+
 def adam(
   learning_rate: hyperparams.Hyperparam = 0.001,
   beta_1: hyperparams.Hyperparam = 0.9,
@@ -222,6 +248,16 @@ def adam(
   are ``None`` skip their parameter entirely this step (no moment decay, weight
   decay or EMA) and give ``None`` updates (`optadam.apply_updates` keeps those
   parameters).
+
+  Parameters may be float16, bfloat16, float32, float64, complex64 or complex128;
+  any other leaf (an integer step counter, an RNG key) is a `TypeError` at
+  ``init`` naming its path (exclude it with ``optax.multi_transform`` and
+  ``optax.set_to_zero``, ``optax.masked``, or nnx's ``wrt=nnx.Param``). Complex
+  parameters follow optax's convention with Keras's arithmetic: ``m`` averages
+  ``g``, ``v`` averages the real ``|g|^2`` (see `optadam.scale_by_keras_adam`);
+  give the optimizer ``conj(jax.grad(loss))``. ``init`` also accepts
+  `jax.ShapeDtypeStruct` leaves (zeros with the structs' shardings). Extra
+  keyword arguments to ``update`` are accepted and ignored.
 
   Args:
     learning_rate: float, scalar array, schedule ``fn(step)`` (e.g. from
@@ -287,6 +323,23 @@ def adam(
     >>> params = optadam.apply_updates(params, updates)
   """
   _check_kwargs(kwargs)
+  real = hyperparams.real_part  # inject_hyperparams on complex params gives complex arrays
+  learning_rate, beta_1, beta_2 = (
+    real("learning_rate", learning_rate),
+    real("beta_1", beta_1),
+    real("beta_2", beta_2),
+  )
+  epsilon, weight_decay, ema_momentum = (
+    real("epsilon", epsilon),
+    real("weight_decay", weight_decay),
+    real("ema_momentum", ema_momentum),
+  )
+  clipnorm, clipvalue, global_clipnorm = (
+    real("clipnorm", clipnorm),
+    real("clipvalue", clipvalue),
+    real("global_clipnorm", global_clipnorm),
+  )
+  loss_scale_factor = real("loss_scale_factor", loss_scale_factor)
   _check_bool("amsgrad", amsgrad)
   _check_bool("use_ema", use_ema)
   _check_bool("jit_compile", jit_compile)
@@ -337,7 +390,7 @@ def adam(
       _decay_mask_fn(exclude_from_weight_decay, weight_decay_mask) if wd_masked else None
     )
     group = (
-      int(group_small_leaves),
+      int(group_small_leaves),  # type: ignore[arg-type]  # checked by _check_group_small_leaves
       decay_mask_fn,
       clipnorm if _is_set(clipnorm) else None,
       global_clipnorm if _is_set(global_clipnorm) else None,
@@ -372,7 +425,7 @@ def adam(
     ema_overwrite_frequency,
     loss_scale_factor,
   ):
-    update_fn = jax.jit(update_fn)
+    update_fn = _checked_jit(update_fn)
 
   tx = KerasAdam(named.init, update_fn)
   tx.name = name

@@ -2,6 +2,13 @@
 
 Sparse `optadam.IndexedSlices` gradients are clipped on their raw values, before
 duplicate rows are summed (what Keras does: its norms are over the raw values).
+
+Complex gradients: the norms are over the moduli, ``||g||^2 = sum |g|^2`` (a
+complex number counts as its two real parts), and the norm clips scale both parts
+by the same real factor, so they keep the gradient's phase. ``clipvalue`` clips
+the real and imaginary parts separately to ``[-clipvalue, clipvalue]`` (the
+gradient seen as pairs of reals, the only reading of "value" that needs no
+ordering of complex numbers); use ``clipnorm`` to bound moduli instead.
 """
 
 from __future__ import annotations
@@ -33,9 +40,11 @@ def _check_threshold(name: str, value: Any) -> None:
 
 
 def _sum_of_squares(g: Any) -> jax.Array:
-  """sum(g**2) over the raw values, accumulated in at least float32."""
+  """sum(|g|**2) over the raw values, accumulated in at least float32 (real)."""
   values = sparse.values_of(g)
   acc_dtype = jnp.promote_types(values.dtype, jnp.float32)
+  if _tree.is_complex(values.dtype):
+    return jnp.sum(_tree.complex_abs_sq(values, _tree.real_dtype(acc_dtype)))
   return jnp.sum(jnp.square(values.astype(acc_dtype)))
 
 
@@ -47,7 +56,8 @@ def clip_by_tensor_norm(clipnorm: float) -> optax.GradientTransformation:
 
   Differs from ``optax.clip_by_global_norm`` (one norm over the whole tree) and
   ``optax.clip_by_block_rms`` (RMS, not norm). The norm of a 16-bit tensor is
-  accumulated in float32.
+  accumulated in float32. A complex tensor's norm is over its moduli, and both
+  parts are divided by the same real number (the phase is kept).
 
   Args:
     clipnorm: the largest L2 norm a gradient tensor may have (> 0).
@@ -61,7 +71,7 @@ def clip_by_tensor_norm(clipnorm: float) -> optax.GradientTransformation:
     norm = jnp.sqrt(_sum_of_squares(g))
     values = sparse.values_of(g)
     dtype = jnp.promote_types(values.dtype, jnp.float32)
-    clipped = (values.astype(dtype) * clipnorm) / jnp.maximum(norm, clipnorm)
+    clipped = _tree.divide_by_real(values.astype(dtype) * clipnorm, jnp.maximum(norm, clipnorm))
     return sparse.with_values(g, clipped.astype(values.dtype))
 
   def update_fn(updates, state, params=None):
@@ -80,7 +90,8 @@ def clip_by_keras_global_norm(global_clipnorm: float) -> optax.GradientTransform
   turns every gradient into NaN; both are what Keras does, and kept.
 
   Differs from ``optax.clip_by_global_norm``, which leaves gradients untouched
-  below the threshold and multiplies by ``c / n`` above it.
+  below the threshold and multiplies by ``c / n`` above it. Complex gradients
+  count with their moduli in ``n``; both parts are multiplied by the real factor.
 
   Args:
     global_clipnorm: the largest global norm (> 0).
@@ -101,6 +112,11 @@ def clip_by_keras_global_norm(global_clipnorm: float) -> optax.GradientTransform
 
     def clip(g):
       values = sparse.values_of(g)
+      if _tree.is_complex(values.dtype):  # both parts times the real factor
+        part_scale = scale.astype(_tree.real_dtype(values.dtype))
+        return sparse.with_values(
+          g, jax.lax.complex(jnp.real(values) * part_scale, jnp.imag(values) * part_scale)
+        )
       return sparse.with_values(g, values * scale.astype(values.dtype))
 
     return _tree.map_grads(clip, updates), state
@@ -113,6 +129,8 @@ def clip_by_value(clipvalue: float) -> optax.GradientTransformation:
 
   The same numbers as ``optax.clip``; written here because ``optax.clip`` would
   also clip the integer row indices of a sparse `optadam.IndexedSlices` gradient.
+  A complex gradient has its real and imaginary parts clipped separately
+  (``optax.clip`` and ``jnp.clip`` refuse complex values).
 
   Args:
     clipvalue: the largest absolute value of a gradient element (> 0).
@@ -122,9 +140,16 @@ def clip_by_value(clipvalue: float) -> optax.GradientTransformation:
   """
   _check_threshold("clipvalue", clipvalue)
 
+  def clip_real(x):
+    return jnp.clip(x, -clipvalue, clipvalue)
+
   def clip(g):
     values = sparse.values_of(g)
-    return sparse.with_values(g, jnp.clip(values, -clipvalue, clipvalue))
+    if _tree.is_complex(values.dtype):
+      return sparse.with_values(
+        g, jax.lax.complex(clip_real(jnp.real(values)), clip_real(jnp.imag(values)))
+      )
+    return sparse.with_values(g, clip_real(values))
 
   def update_fn(updates, state, params=None):
     del params

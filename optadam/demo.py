@@ -21,7 +21,8 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -110,11 +111,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
   @jax.jit
   def accuracy(params, x, y):
-    return jnp.mean(jnp.argmax(model.apply(params, x), axis=-1) == y)
+    logits = model.apply(params, x)  # flax types apply() as `output | (output, variables)`
+    return jnp.mean(jnp.argmax(logits, axis=-1) == y)  # type: ignore[arg-type]
 
   params, opt_state = init_state(jax.random.key(args.seed))
   rng = np.random.default_rng(args.seed)
-  history = {"train_loss": [], "val_acc": [], "val_acc_ema": []}
+  history: dict[str, list[float]] = {"train_loss": [], "val_acc": [], "val_acc_ema": []}
 
   with tqdm(total=total_steps, disable=args.quiet, unit="step", dynamic_ncols=True) as bar:
     for epoch in range(1, args.epochs + 1):

@@ -19,7 +19,8 @@ EMA_STYLES = ("keras2", "keras3")
 class ParameterEmaState(NamedTuple):
   """State of `parameter_ema`."""
 
-  count: jax.Array  # shape=(), dtype=int32: updates already taken
+  # shape=(), dtype=int32: updates already taken
+  count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count (as in optax)
   ema: optax.Params  # the moving average, shaped like params (dtype: ema_dtype or the param's)
 
 
@@ -76,6 +77,11 @@ def parameter_ema(
   (``x + (avg - x)``), so that the two are bit-equal afterwards; that value is
   ``avg`` itself unless the subtraction rounds (``|avg|`` much smaller than ``|x|``).
 
+  Complex parameters are averaged as complex numbers (the momentum is real).
+  ``init`` on `jax.ShapeDtypeStruct` leaves (abstract init) gives a zero average
+  with the struct's sharding: there are no values to copy; restore the state from
+  a checkpoint, or init with the real parameters, before training.
+
   This is an average of the parameters, not optax's ``ema`` (an average of the
   updates). Use `optadam.ema_params` to read the averages and
   `optadam.finalize_variable_values` to put them into the parameters.
@@ -85,7 +91,8 @@ def parameter_ema(
     ema_overwrite_frequency: None or 0 (never), or overwrite after every
       ``ema_overwrite_frequency``-th update.
     ema_dtype: dtype of the average; default: the parameter's (as Keras). Use
-      ``jnp.float32`` for 16-bit parameters.
+      ``jnp.float32`` for 16-bit parameters. It sets the precision; a complex
+      parameter gets a complex average (complex64 for ``jnp.float32``).
     ema_style: ``"keras2"`` (default; SPEC §5): parameters whose gradient is None
       are neither averaged nor overwritten that step. ``"keras3"`` reproduces
       Keras 3: the average is the post-update parameters after the first step
@@ -96,16 +103,23 @@ def parameter_ema(
     An `optax.GradientTransformation` whose ``update`` needs ``params``.
   """
   check_ema_args(ema_momentum, ema_overwrite_frequency, ema_style)
-  ema_dtype = hyperparams.as_dtype("ema_dtype", ema_dtype)
+  ema_dtype = hyperparams.as_dtype("ema_dtype", ema_dtype, allow_complex=True)
   freq = ema_overwrite_frequency
   overwrites = freq is not None and not (
     hyperparams.concrete_number(freq) is not None and int(freq) == 0
   )
 
   def init_fn(params):
-    # a copy, never the parameter buffer itself (a donating train step would donate it twice)
-    ema = jax.tree.map(lambda p: jnp.array(p, dtype=ema_dtype, copy=True), params)
-    return ParameterEmaState(count=jnp.zeros([], jnp.int32), ema=ema)
+    _tree.check_params(params, "optadam.parameter_ema")
+
+    def seed(p):
+      dtype = _tree.state_dtype(_tree.dtype_of(p), ema_dtype)
+      if isinstance(p, jax.ShapeDtypeStruct):  # abstract init: no values to copy
+        return _tree.zeros_like(p, dtype)
+      # a copy, never the parameter buffer itself (a donating train step would donate it twice)
+      return jnp.array(p, dtype=dtype, copy=True)
+
+    return ParameterEmaState(count=jnp.zeros([], jnp.int32), ema=jax.tree.map(seed, params))
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -131,7 +145,8 @@ def parameter_ema(
     p_leaves = _tree.leaves_like(treedef, params)
     a_leaves = _tree.leaves_like(treedef, state.ema)
 
-    out, new_avg = [], []
+    out: list[Any] = []
+    new_avg = []
     for u, p, avg in zip(u_leaves, p_leaves, a_leaves):
       if u is None and ema_style == "keras2":  # no gradient: not averaged, not overwritten
         out.append(None)
@@ -149,7 +164,7 @@ def parameter_ema(
         if one_minus is None
         else (one_minus if isinstance(one_minus, float) else one_minus.astype(avg.dtype))
       )
-      average = lambda x: m * avg + om * x.astype(avg.dtype)  # pylint: disable=cell-var-from-loop
+      average = lambda x: m * avg + om * x.astype(avg.dtype)  # noqa: B023 (used in this iteration)
       new = average(x_new)
       if u is None:
         u = jnp.zeros_like(p)

@@ -1,4 +1,4 @@
-"""Packing many small parameters into flat buffers, so that a step costs kernels per byte, not per leaf.
+"""Packing many small parameters into flat buffers: a step costs kernels per byte, not per leaf.
 
 XLA compiles (and, at every step, dispatches) at least one kernel per output
 array of an Adam step: on a tree of a thousand small leaves that is thousands
@@ -39,14 +39,14 @@ e.g. for reading a checkpoint), and `regroup_state` the converse.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Optional
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optadam import _tree
 from optadam import clipping
 from optadam import sparse
 
@@ -125,6 +125,10 @@ class LeafGroups:
     return f"LeafGroups(groups={self.groups!r}, leaves={self.leaves!r})"
 
 
+def _or(x: Any, default: Any) -> Any:
+  return default if x is None else x
+
+
 def _is_groups(x: Any) -> bool:
   return isinstance(x, LeafGroups)
 
@@ -140,6 +144,7 @@ def _sharded(leaf: Any) -> bool:
 def make_layout(params: Any, max_size: int, decay_mask: Optional[Any] = None) -> Layout:
   """Groups the leaves of `params` with at most `max_size` elements (see `group_leaves`)."""
   leaves, treedef = jax.tree.flatten(params)
+  decay: tuple[Optional[bool], ...]
   if decay_mask is None:
     decay = (None,) * len(leaves)
   else:
@@ -181,7 +186,7 @@ def _pack(
   With `fill` None, a group all of whose leaves are None is None.
   """
   grouped = layout.grouped
-  groups = []
+  groups: list[Any] = []
   for group in layout.groups:
     parts = [leaves[m.index] for m in group.members]
     if all(p is None for p in parts) and fill is None:
@@ -258,7 +263,7 @@ def regroup_state(per_path_state: Any, like: Any) -> Any:
 
 
 def decay_mask(params: Any) -> Any:
-  """The weight-decay mask of a packed params tree: its layout's mask values (for `optax.masked`)."""
+  """The weight-decay mask of a packed params tree: its layout's mask values (`optax.masked`)."""
   if not _is_groups(params):  # tx.init on a placeholder (optax.tree_map_params, state_shardings)
     return params
   layout = params.layout
@@ -392,23 +397,19 @@ def group_leaves(
         layout,
       )
     if norms is not None:
-      groups = []
+      groups: list[Any] = []
       for group, flat in zip(layout.groups, packed_g.groups):
         if flat is None:
           groups.append(None)
           continue
-        member_norms = jnp.stack(
-          [
-            jnp.zeros([], jnp.float32) if norms[m.index] is None else norms[m.index]
-            for m in group.members
-          ]
-        )
+        zero = jnp.zeros([], jnp.float32)
+        member_norms = jnp.stack([_or(norms[m.index], zero) for m in group.members])
         segment = np.repeat(
           np.arange(len(group.members), dtype=np.int32), [m.size for m in group.members]
         )
         dtype = jnp.promote_types(flat.dtype, jnp.float32)
         norm = member_norms.astype(dtype)[segment]
-        clipped = (flat.astype(dtype) * clipnorm) / jnp.maximum(norm, clipnorm)
+        clipped = (flat.astype(dtype) * clipnorm) / jnp.maximum(norm, clipnorm)  # type: ignore[arg-type]
         groups.append(clipped.astype(flat.dtype))
       packed_g = LeafGroups(tuple(groups), packed_g.leaves, layout)
     packed_p = None
@@ -417,7 +418,7 @@ def group_leaves(
     new_u, new_state = inner.update(packed_g, state, packed_p, **extra_args)
 
     # Members without a gradient in a group that has some: keep their state exactly.
-    keep = []
+    keep: list[Any] = []
     for group, flat in zip(layout.groups, packed_g.groups):
       present = [g_leaves[m.index] is not None for m in group.members]
       if flat is None or all(present):

@@ -13,7 +13,8 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any, Union
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +68,21 @@ def value_at(value: Hyperparam, count: jax.Array) -> Any:
     if takes_no_arguments(value):
       return _host_value(value)
     return value(count)
+  return value
+
+
+def real_part(name: str, value: Any) -> Any:
+  """A complex array hyperparameter as its real part; other values unchanged.
+
+  `optax.inject_hyperparams` stores numeric hyperparameters in the parameters'
+  highest dtype (unless given ``hyperparam_dtype``), so with complex parameters
+  they arrive as complex arrays whose imaginary part is zero. A concrete nonzero
+  imaginary part is a ValueError naming the argument.
+  """
+  if isinstance(value, (jax.Array, np.ndarray, np.generic)) and jnp.iscomplexobj(value):
+    if not isinstance(value, jax.core.Tracer) and np.any(np.imag(np.asarray(value)) != 0):
+      raise ValueError(f"`{name}` must be a real number; got the complex value {value!r}.")
+    return jnp.real(jnp.asarray(value))
   return value
 
 
@@ -125,6 +141,8 @@ def check_number(
     raise TypeError(f"`{name}` must be {kinds}; got {describe(value)}.")
   if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) != 0:
     raise ValueError(f"`{name}` must be a scalar; got an array of shape {np.shape(value)}.")
+  if jnp.iscomplexobj(value):
+    raise TypeError(f"`{name}` must be a real number; got {describe(value)}.")
   x = concrete_number(value)
   if x is None:
     return
@@ -141,18 +159,27 @@ def check_number(
     )
 
 
-def as_dtype(name: str, value: Any) -> Any:
-  """`value` as a numpy dtype (None stays None), or a TypeError naming the argument."""
+def as_dtype(name: str, value: Any, *, allow_complex: bool = False, why: str = "") -> Any:
+  """`value` as a numpy dtype (None stays None), or a TypeError naming the argument.
+
+  Floating dtypes are accepted, and complex ones too with `allow_complex`; `why`
+  is added to the message when a complex dtype is refused.
+  """
   if value is None:
     return None
+  allowed = (
+    "a floating or complex dtype (e.g. jnp.float32, jnp.complex64)"
+    if allow_complex
+    else "a real floating dtype (e.g. jnp.float32)"
+  )
   try:
     dtype = jnp.dtype(value)
   except TypeError:
-    raise TypeError(
-      f"`{name}` must be None or a floating dtype (e.g. jnp.float32); got {describe(value)}."
-    ) from None
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise TypeError(f"`{name}` must be None or a floating dtype (e.g. jnp.float32); got {dtype}.")
+    raise TypeError(f"`{name}` must be None or {allowed}; got {describe(value)}.") from None
+  kinds = (jnp.floating, jnp.complexfloating) if allow_complex else (jnp.floating,)
+  if not any(jnp.issubdtype(dtype, kind) for kind in kinds):
+    hint = f" ({why})" if why and jnp.issubdtype(dtype, jnp.complexfloating) else ""
+    raise TypeError(f"`{name}` must be None or {allowed}{hint}; got {dtype}.")
   return dtype
 
 

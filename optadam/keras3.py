@@ -43,6 +43,9 @@ def divide_by_loss_scale(loss_scale_factor: float) -> optax.GradientTransformati
 
   def divide(g):
     values = sparse.values_of(g)
+    if _tree.is_complex(values.dtype):  # both parts divided by the real factor
+      factor = jnp.asarray(loss_scale_factor, _tree.real_dtype(values.dtype))
+      return sparse.with_values(g, _tree.divide_by_real(values, factor))
     return sparse.with_values(g, values / jnp.asarray(loss_scale_factor, values.dtype))
 
   def update_fn(updates, state, params=None):
@@ -55,7 +58,8 @@ def divide_by_loss_scale(loss_scale_factor: float) -> optax.GradientTransformati
 class GradientAccumulationState(NamedTuple):
   """State of `accumulate_gradients`."""
 
-  count: jax.Array  # shape=(), dtype=int32: calls so far (Keras 3's raw `_iterations`)
+  # shape=(), dtype=int32: calls so far (Keras 3's raw `_iterations`)
+  count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count (as in optax)
   acc: optax.Updates  # sum of the gradients since the last real update, shaped like params
   inner: optax.OptState  # the wrapped optimizer's state (changes on real updates only)
 
@@ -88,6 +92,7 @@ def accumulate_gradients(
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
+    _tree.check_params(params, "optadam.accumulate_gradients")
     acc = jax.tree.map(lambda p: _tree.zeros_like(p), params)
     return GradientAccumulationState(jnp.zeros([], jnp.int32), acc, inner.init(params))
 
@@ -101,7 +106,7 @@ def accumulate_gradients(
     acc_leaves = _tree.leaves_like(treedef, state.acc)
     is_update = (state.count + 1) % k == 0
     mean = treedef.unflatten(
-      [None if g is None else (g + a) / k for g, a in zip(g_leaves, acc_leaves)]
+      [None if g is None else _mean(g, a, k) for g, a in zip(g_leaves, acc_leaves)]
     )
 
     def real_update(_):
@@ -123,6 +128,13 @@ def accumulate_gradients(
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _mean(g: jax.Array, acc: jax.Array, k: int) -> jax.Array:
+  """Keras 3's ``(g + acc) / k``; a complex sum has both parts divided by the real k."""
+  if _tree.is_complex(jnp.result_type(g, acc)):
+    return _tree.divide_by_real(g + acc, k)
+  return (g + acc) / k
 
 
 def raw_count_schedule(schedule, gradient_accumulation_steps: int):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ from optadam import ema as ema_lib
 from optadam import grouping
 from optadam import hyperparams
 from optadam import keras3
+from optadam import loss_scaling
 from optadam import schedules
 
 KERAS2_KEYS = (
@@ -35,6 +37,19 @@ KERAS2_KEYS = (
 )
 KERAS3_EXTRA_KEYS = ("loss_scale_factor", "gradient_accumulation_steps")
 _ADAM_CLASS_NAMES = ("Adam", "keras.optimizers.Adam", "optimizers.Adam")
+_LSO_CLASS_NAMES = ("LossScaleOptimizer", "LossScaleOptimizerV3")
+# Keras 3 accepts these base-optimizer keys in a LossScaleOptimizer config at their defaults only.
+_LSO_KERAS3_IGNORED = {
+  "weight_decay": None,
+  "clipnorm": None,
+  "global_clipnorm": None,
+  "clipvalue": None,
+  "use_ema": False,
+  "ema_momentum": 0.99,
+  "ema_overwrite_frequency": None,
+  "loss_scale_factor": None,
+  "gradient_accumulation_steps": None,
+}
 
 
 def _float32(x: Any) -> float:
@@ -85,13 +100,22 @@ def get_config(tx: alias.KerasAdam, *, keras_version: int = 2) -> dict[str, Any]
   ``loss_scale_factor`` and ``gradient_accumulation_steps``, drops ``jit_compile``
   and ``is_legacy_optimizer``). optadam-only options (``exclude_from_weight_decay``,
   dtypes, ``ema_style``) have no Keras key and are not included.
+
+  For `optadam.loss_scale_optimizer` around `optadam.adam` it gives the
+  ``LossScaleOptimizer`` config of that Keras version: Keras 2's ``{"inner_optimizer":
+  {serialized Adam}, "dynamic": True, "initial_scale": ..., "dynamic_growth_steps": ...}``
+  or Keras 3's ``{"name": ..., "inner_optimizer": ..., "initial_scale": ...,
+  "dynamic_growth_steps": ...}``.
   """
-  if not isinstance(tx, alias.KerasAdam):
-    raise TypeError(
-      f"get_config needs the optimizer returned by optadam.adam; got {type(tx).__name__}."
-    )
   if keras_version not in (2, 3):
     raise ValueError(f"`keras_version` must be 2 or 3; got {keras_version!r}.")
+  if isinstance(tx, loss_scaling.LossScaleOptimizer):
+    return _loss_scale_config(tx, keras_version)
+  if not isinstance(tx, alias.KerasAdam):
+    raise TypeError(
+      "get_config needs the optimizer returned by optadam.adam or "
+      f"optadam.loss_scale_optimizer(optadam.adam(...)); got {type(tx).__name__}."
+    )
   args = tx.keras_args
   config = {
     "name": args["name"],
@@ -127,11 +151,17 @@ def from_keras_config(config: dict[str, Any], **overrides: Any) -> alias.KerasAd
   are passed to `optadam.adam` as well (e.g. ``exclude_from_weight_decay``,
   which Keras keeps outside the config).
 
+  A ``LossScaleOptimizer`` config (Keras 2's, with ``"dynamic"``, or Keras 3's, with
+  ``"name"``; bare or in its ``{"class_name": "LossScaleOptimizer", ...}`` wrapper) gives
+  `optadam.loss_scale_optimizer` around the inner Adam, in the matching ``style``.
+
   Raises:
     ValueError: for another optimizer class, unknown keys or malformed values.
   """
   if not isinstance(config, dict):
     raise TypeError(f"from_keras_config needs a dict; got {hyperparams.describe(config)}.")
+  if config.get("class_name") in _LSO_CLASS_NAMES or "inner_optimizer" in config:
+    return _loss_scale_from_config(config, overrides)
   if "class_name" in config:
     class_name = config["class_name"]
     if class_name not in _ADAM_CLASS_NAMES:
@@ -168,6 +198,97 @@ def from_keras_config(config: dict[str, Any], **overrides: Any) -> alias.KerasAd
   return alias.adam(**kwargs)
 
 
+# --- LossScaleOptimizer configs ---------------------------------------------------------------
+
+
+def _serialized_adam(tx: Any, keras_version: int) -> dict[str, Any]:
+  if not isinstance(tx, alias.KerasAdam):
+    raise TypeError(
+      f"get_config of a loss_scale_optimizer needs optadam.adam inside it; got {type(tx).__name__}."
+    )
+  return {
+    "module": "keras.optimizers",
+    "class_name": "Adam",
+    "config": get_config(tx, keras_version=keras_version),
+    "registered_name": None,
+  }
+
+
+def _loss_scale_config(tx: loss_scaling.LossScaleOptimizer, keras_version: int) -> dict[str, Any]:
+  """Keras 2's or Keras 3's ``LossScaleOptimizer.get_config()``."""
+  inner = _serialized_adam(tx.inner, keras_version)
+  scale = float(tx.initial_scale)
+  if keras_version == 2:
+    return {
+      "inner_optimizer": inner,
+      "dynamic": True,
+      "initial_scale": scale,
+      "dynamic_growth_steps": int(tx.dynamic_growth_steps),
+    }
+  return {
+    "name": tx.name,
+    "inner_optimizer": inner,
+    "initial_scale": scale,
+    "dynamic_growth_steps": int(tx.dynamic_growth_steps),
+  }
+
+
+def _loss_scale_from_config(config: dict[str, Any], overrides: dict[str, Any]) -> Any:
+  """`optadam.loss_scale_optimizer(from_keras_config(inner))` from a LossScaleOptimizer config."""
+  if "class_name" in config:
+    extra = set(config) - {"class_name", "config", "module", "registered_name", "build_config"}
+    if extra or not isinstance(config.get("config"), dict):
+      raise ValueError(
+        "A serialized LossScaleOptimizer is {'class_name': 'LossScaleOptimizer', 'config': "
+        f"{{...}}}} (with optional 'module' and 'registered_name'); got keys {sorted(config)}."
+      )
+    config = config["config"]
+  config = dict(config)
+  if not config.pop("dynamic", True):
+    raise ValueError(
+      "A LossScaleOptimizer config with dynamic=False (a fixed loss scale) is not supported: "
+      "build optadam.adam(..., loss_scale_factor=<the scale>) instead (Keras 3 no longer "
+      "supports dynamic=False either)."
+    )
+  style = "keras2" if "name" not in config else "keras3"
+  if "inner_optimizer" not in config:
+    raise ValueError(f"A LossScaleOptimizer config needs 'inner_optimizer'; got {sorted(config)}.")
+  inner_config = config.pop("inner_optimizer")
+  name = config.pop("name", None)
+  for key, default in _LSO_KERAS3_IGNORED.items():
+    if key in config and config.pop(key) != default:
+      raise ValueError(
+        f"A LossScaleOptimizer config cannot set `{key}`; set it on the inner optimizer."
+      )
+  initial_scale = config.pop("initial_scale", 2.0**15)
+  growth = config.pop("dynamic_growth_steps", 2000)
+  if config:
+    raise ValueError(
+      f"Unknown keys in the LossScaleOptimizer config: {sorted(config)}. Known keys: "
+      "dynamic, initial_scale, dynamic_growth_steps, inner_optimizer, name."
+    )
+  if initial_scale is None:
+    initial_scale = 2.0**15
+  if growth is None:
+    growth = 2000
+  if not isinstance(inner_config, dict):
+    raise ValueError(
+      f"`inner_optimizer` must be a serialized Adam config (a dict); got {inner_config!r}."
+    )
+  if style == "keras3":  # Keras 3 turns off the inner optimizer's loss_scale_factor
+    inner_config = dict(inner_config)
+    body = inner_config.get("config") if "class_name" in inner_config else inner_config
+    if isinstance(body, dict) and "loss_scale_factor" in body:
+      body = dict(body, loss_scale_factor=None)
+      inner_config = dict(inner_config, config=body) if "class_name" in inner_config else body
+  tx = loss_scaling.loss_scale_optimizer(
+    from_keras_config(inner_config, **overrides), initial_scale, growth, style=style
+  )
+  if name is not None:
+    tx.name = name
+  return tx
+
+
 # --- optimizer state in ----------------------------------------------------------------------
 
 
@@ -198,7 +319,13 @@ def _with_counts(state: Any, value: jax.Array) -> Any:
 
 
 def state_from_keras(
-  tx: alias.KerasAdam, variables: Sequence[Any], params: Any, order: Optional[Sequence[str]] = None
+  tx: alias.KerasAdam,
+  variables: Sequence[Any],
+  params: Any,
+  order: Optional[Sequence[str]] = None,
+  *,
+  loss_scale: Any = None,
+  dynamic_counter: Any = None,
 ) -> Any:
   """An optadam state from a Keras 2 or Keras 3 Adam's ``optimizer.variables``.
 
@@ -215,13 +342,28 @@ def state_from_keras(
     order: the "/"-joined pytree paths of `params` in Keras's variable order
       (default: the order of ``jax.tree.leaves(params)``).
 
+    loss_scale: Keras 2 ``LossScaleOptimizer`` only: ``lso.loss_scale`` (Keras 2's
+      ``lso.variables`` are the inner Adam's only; its scale and counter live apart).
+    dynamic_counter: Keras 2 ``LossScaleOptimizer`` only: ``lso.dynamic_counter``.
+
+  For `optadam.loss_scale_optimizer` around `optadam.adam`, `variables` are either
+  Keras 3's ``lso.variables`` (its own iteration, learning_rate, step_counter and
+  dynamic_scale, then the inner Adam's), or Keras 2's ``lso.variables`` (the inner
+  Adam's) together with `loss_scale` and `dynamic_counter`.
+
   Returns:
     The state ``tx.init(params)`` would give, with step counts, moments, v-hat
-    and averages taken from Keras.
+    and averages taken from Keras (and the loss scale and its counter).
 
   Raises:
     ValueError: when the number or shapes of the variables do not fit.
   """
+  if isinstance(tx, loss_scaling.LossScaleOptimizer):
+    return _loss_scale_state_from_keras(tx, variables, params, order, loss_scale, dynamic_counter)
+  if loss_scale is not None or dynamic_counter is not None:
+    raise ValueError(
+      "`loss_scale` / `dynamic_counter` are for a loss_scale_optimizer; this optimizer has none."
+    )
   args = tx.keras_args
   use_ema, amsgrad = bool(args["use_ema"]), bool(args["amsgrad"])
   paths_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
@@ -289,3 +431,45 @@ def state_from_keras(
       state._replace(count=count(iteration), acc=acc, inner=inner), grouped
     )
   return grouping.regroup_state(inner, grouped)
+
+
+_KERAS3_LSO_OWN = 4  # Keras 3 lso.variables: iteration, learning_rate, step_counter, dynamic_scale
+
+
+def _loss_scale_state_from_keras(
+  tx: loss_scaling.LossScaleOptimizer,
+  variables: Sequence[Any],
+  params: Any,
+  order: Optional[Sequence[str]],
+  scale: Any,
+  counter: Any,
+) -> loss_scaling.LossScaleState:
+  """A `LossScaleState` from a Keras 2 or Keras 3 LossScaleOptimizer's variables."""
+  if (scale is None) != (counter is None):
+    raise ValueError(
+      "Pass both `loss_scale` and `dynamic_counter` (Keras 2's lso.loss_scale and "
+      "lso.dynamic_counter), or neither (Keras 3's lso.variables hold them)."
+    )
+  variables = list(variables)
+  if scale is None:
+    if len(variables) <= _KERAS3_LSO_OWN:
+      raise ValueError(
+        f"Got {len(variables)} variables: Keras 3's LossScaleOptimizer.variables start with "
+        "iteration, learning_rate, step_counter and dynamic_scale, then the inner Adam's. For "
+        "Keras 2 pass lso.variables with loss_scale=lso.loss_scale and "
+        "dynamic_counter=lso.dynamic_counter."
+      )
+    counter, scale = variables[2], variables[3]
+    variables = variables[_KERAS3_LSO_OWN:]
+  inner = state_from_keras(tx.inner, variables, params, order)
+  scale = np.asarray(scale, np.float32)
+  counter = np.asarray(counter)
+  if scale.shape != () or counter.shape != () or not np.issubdtype(counter.dtype, np.integer):
+    raise ValueError(
+      f"The loss scale and its counter must be scalars (float, int); got {scale!r}, {counter!r}."
+    )
+  return loss_scaling.LossScaleState(
+    scale=jnp.asarray(scale, jnp.float32),
+    good_steps=jnp.asarray(min(int(counter), np.iinfo(np.int32).max), jnp.int32),
+    inner=inner,
+  )

@@ -15,7 +15,8 @@ from optadam import hyperparams
 class ScaleByLearningRateState(NamedTuple):
   """State of `scale_by_learning_rate`."""
 
-  count: jax.Array  # shape=(), dtype=int32: updates already taken (a schedule's step)
+  # shape=(), dtype=int32: updates already taken (a schedule's step)
+  count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count (as in optax)
 
 
 def scale_by_learning_rate(
@@ -32,7 +33,8 @@ def scale_by_learning_rate(
 
   Numerics: like Keras's learning-rate variable, the value is held in float32
   (a float64 model sees ``float64(float32(lr))``, as in Keras); the product is
-  formed in at least float32 and cast to the update's dtype.
+  formed in at least float32 and cast to the update's dtype (for a complex update,
+  at least complex64: both parts are multiplied by the real rate).
 
   Differs from ``optax.scale_by_learning_rate`` in accepting zero-argument
   callables and in always keeping a step count (so the state's structure does not

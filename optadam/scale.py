@@ -16,7 +16,8 @@ from optadam import sparse
 class ScaleByKerasAdamState(NamedTuple):
   """State of `scale_by_keras_adam`."""
 
-  count: jax.Array  # shape=(), dtype=int32: updates already taken (Keras's `iterations`)
+  # shape=(), dtype=int32: updates already taken (Keras's `iterations`)
+  count: jax.Array  # type: ignore[assignment]  # the field shadows tuple.count (as in optax)
   mu: optax.Updates  # first moment m, shaped like params (dtype: mu_dtype or the param's)
   nu: optax.Updates  # second moment v, shaped like params (dtype: nu_dtype or the param's)
   nu_max: Optional[
@@ -69,6 +70,20 @@ def scale_by_keras_adam(
   their moments untouched and give a ``None`` update; sparse
   `optadam.IndexedSlices` gradients give the dense-equivalent result.
 
+  Complex parameters (optax's convention, Keras's arithmetic): ``m`` is the
+  moving average of the complex ``g``; ``v`` that of the real
+  ``|g|^2 = real(g * conj(g))``, so ``v`` (and AMSGrad's ``v_hat``) are real
+  arrays; the real and imaginary parts of ``m * c`` are each divided by the
+  real ``sqrt(v) + epsilon``. Real parameters are computed exactly as above.
+  Pass the conjugate of ``jax.grad``'s result as the gradient of a real loss of
+  complex parameters (JAX returns ``df/dx - i df/dy``; the descent direction is
+  its conjugate), as for any optax optimizer.
+
+  Only floating-point and complex parameters can be optimized: ``init`` raises a
+  `TypeError` naming the path of any other leaf (integer step counters, RNG
+  keys, booleans). ``init`` also accepts `jax.ShapeDtypeStruct` leaves and
+  returns zeros carrying the struct's sharding.
+
   Args:
     beta_1: decay of the first moment: a float, a schedule ``fn(step)`` or a
       zero-argument callable (called at every step).
@@ -76,8 +91,13 @@ def scale_by_keras_adam(
     epsilon: Keras's epsilon-hat, added to ``sqrt(v)``.
     amsgrad: use the running maximum of the raw second moment.
     mu_dtype: dtype of the first moment; default: the parameter's (as Keras).
-    nu_dtype: dtype of the second moment (and of ``v_hat``); default: the
-      parameter's. Use ``jnp.float32`` to keep 16-bit models' moments precise.
+      It sets the precision; the kind follows the parameter: with
+      ``jnp.float32`` (or ``jnp.complex64``) a real parameter gets a float32
+      ``m`` and a complex one a complex64 ``m``.
+    nu_dtype: dtype of the second moment (and of ``v_hat``), a real floating
+      dtype; default: the parameter's (its real counterpart for a complex
+      parameter: complex64 -> float32). Use ``jnp.float32`` to keep 16-bit
+      models' moments precise.
 
   Returns:
     An `optax.GradientTransformation`.
@@ -88,21 +108,39 @@ def scale_by_keras_adam(
     >>> params = {"w": jnp.ones(3)}
     >>> state = tx.init(params)
     >>> updates, state = tx.update({"w": jnp.full(3, 0.5)}, state)
+    >>> updates["w"].dtype, state[0].nu["w"].dtype
+    (dtype('float32'), dtype('float32'))
+
+    A complex parameter has a complex ``m`` and a real ``v``; both parts move:
+
+    >>> tx = optadam.scale_by_keras_adam()
+    >>> state = tx.init(jnp.zeros(1, jnp.complex64))
+    >>> updates, state = tx.update(jnp.array([1.0 + 1.0j], jnp.complex64), state)
+    >>> state.mu.dtype, state.nu.dtype, state.nu
+    (dtype('complex64'), dtype('float32'), Array([0.002], dtype=float32))
   """
   hyperparams.check_number("beta_1", beta_1, low=0.0, high=1.0, high_inclusive=False)
   hyperparams.check_number("beta_2", beta_2, low=0.0, high=1.0, high_inclusive=False)
   hyperparams.check_number("epsilon", epsilon, allow_callable=False, low=0.0)
-  mu_dtype = hyperparams.as_dtype("mu_dtype", mu_dtype)
-  nu_dtype = hyperparams.as_dtype("nu_dtype", nu_dtype)
+  mu_dtype = hyperparams.as_dtype("mu_dtype", mu_dtype, allow_complex=True)
+  nu_dtype = hyperparams.as_dtype(
+    "nu_dtype", nu_dtype, why="the second moment |g|^2 is real, also for complex parameters"
+  )
 
   def init_fn(params):
-    mu = jax.tree.map(lambda p: _tree.zeros_like(p, mu_dtype), params)
-    nu = jax.tree.map(lambda p: _tree.zeros_like(p, nu_dtype), params)
-    nu_max = jax.tree.map(lambda p: _tree.zeros_like(p, nu_dtype), params) if amsgrad else None
+    _tree.check_params(params, "optadam.scale_by_keras_adam")
+
+    def zeros(dtype, real=False):
+      return lambda p: _tree.zeros_like(p, _tree.state_dtype(_tree.dtype_of(p), dtype, real=real))
+
+    mu = jax.tree.map(zeros(mu_dtype), params)
+    nu = jax.tree.map(zeros(nu_dtype, real=True), params)
+    nu_max = jax.tree.map(zeros(nu_dtype, real=True), params) if amsgrad else None
     return ScaleByKerasAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, nu_max=nu_max)
 
   def update_fn(updates, state, params=None):
     del params
+    sparse.check_row_indices(updates)  # concrete indices only; traced ones are dropped
     b1 = hyperparams.value_at(beta_1, state.count)
     b2 = hyperparams.value_at(beta_2, state.count)
     one_minus_b1 = _one_minus(beta_1, b1)
@@ -124,7 +162,8 @@ def scale_by_keras_adam(
     nu_leaves = _tree.leaves_like(treedef, state.nu)
     vmax_leaves = _tree.leaves_like(treedef, state.nu_max) if amsgrad else [None] * len(g_leaves)
 
-    out, new_mu, new_nu, new_vmax = [], [], [], []
+    out: list[Any] = []
+    new_mu, new_nu, new_vmax = [], [], []
     for g, m, v, vmax in zip(g_leaves, mu_leaves, nu_leaves, vmax_leaves):
       if g is None:  # no gradient: this parameter is skipped entirely (Keras)
         out.append(None)
@@ -137,16 +176,21 @@ def scale_by_keras_adam(
         out_dtype = g.dtype
       else:
         gm = g.astype(m.dtype)
-        gv = g.astype(v.dtype)
+        if _tree.is_complex(g.dtype):  # v follows |g|^2, real
+          g_sq = _tree.complex_abs_sq(g, v.dtype)
+        else:
+          gv = g.astype(v.dtype)
+          g_sq = gv * gv
         m = m + (gm - m) * hyperparams.cast(one_minus_b1, m.dtype)
-        v = v + (gv * gv - v) * hyperparams.cast(one_minus_b2, v.dtype)
+        v = v + (g_sq - v) * hyperparams.cast(one_minus_b2, v.dtype)
         out_dtype = g.dtype
       if amsgrad:
         vmax = jnp.maximum(vmax, v)
       v_used = vmax if amsgrad else v
-      dtype = jnp.promote_types(m.dtype, v_used.dtype)
+      dtype = _tree.real_dtype(jnp.promote_types(m.dtype, v_used.dtype))
       c = correction(jnp.promote_types(dtype, jnp.float32))
-      step = (m * c.astype(m.dtype)) / (jnp.sqrt(v_used) + jnp.asarray(epsilon, v_used.dtype))
+      denominator = jnp.sqrt(v_used) + jnp.asarray(epsilon, v_used.dtype)
+      step = _tree.divide_by_real(m * c.astype(m.dtype), denominator)
       out.append(step.astype(out_dtype))
       new_mu.append(m)
       new_nu.append(v)

@@ -15,7 +15,8 @@ moments.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Optional, Union
 
 import jax
 import numpy as np
@@ -92,7 +93,7 @@ def _axis_tuple(axes: AxisNames) -> tuple[str, ...]:
 
 
 def _used_axes(spec: PartitionSpec) -> set[str]:
-  used = set()
+  used: set[str] = set()
   for entry in spec:
     if entry is None:
       continue
@@ -136,16 +137,16 @@ def state_shardings(
 
   Args:
     tx_or_state: the optimizer (an ``optax.GradientTransformation``), or an
-      optimizer state (arrays or ``jax.ShapeDtypeStruct``s, e.g. from
+      optimizer state (arrays or ``jax.ShapeDtypeStruct`` leaves, e.g. from
       ``jax.eval_shape(tx.init, abstract_params)``). With an optimizer, the
       parameter-shaped parts are located exactly (optax's
       ``tree_map_params`` approach: ``tx.init`` is called on a placeholder); with
       a state, a sub-tree counts as parameter-shaped when it has the parameters'
       tree structure.
     param_shardings: a pytree with the parameters' structure whose leaves are
-      ``jax.sharding.Sharding``s, ``PartitionSpec``s (then the result holds
-      ``PartitionSpec``s, ``P()`` for the replicated leaves), or arrays /
-      ``jax.ShapeDtypeStruct``s carrying a ``.sharding`` (their shapes are then
+      ``jax.sharding.Sharding`` objects, ``PartitionSpec`` objects (then the result holds
+      ``PartitionSpec`` objects, ``P()`` for the replicated leaves), or arrays /
+      ``jax.ShapeDtypeStruct`` objects carrying a ``.sharding`` (their shapes are then
       known, which `zero1_axis` and optimizers holding ``optax.masked`` /
       ``optax.partition`` states need).
     zero1_axis: ZeRO-1: a mesh axis name (or tuple of names) over which to split
@@ -156,7 +157,7 @@ def state_shardings(
       replicated) sharding: XLA then reduce-scatters the update into the moments
       and all-gathers the step into the parameters.
     mesh: the mesh giving `zero1_axis`'s size when `param_shardings` holds
-      ``PartitionSpec``s (not needed with ``NamedSharding``s).
+      ``PartitionSpec`` objects (not needed with ``NamedSharding`` objects).
 
   Returns:
     A pytree of shardings (or PartitionSpecs) with the structure of the state.
@@ -173,6 +174,7 @@ def state_shardings(
   zero1_axes = None if zero1_axis is None else _axis_tuple(zero1_axis)
 
   def axis_size_for(sharding: Any) -> int:
+    assert zero1_axes is not None  # only asked for when zero1_axis is given
     m = sharding.mesh if isinstance(sharding, NamedSharding) else mesh
     if m is None:
       raise ValueError("optadam.state_shardings: `zero1_axis` with PartitionSpecs needs `mesh=`.")

@@ -6,7 +6,14 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "jax")
 sys.path.insert(0, os.path.dirname(__file__))  # `import reference` from any test file
 
-import pytest  # noqa: E402
+import jax
+import pytest
+
+# Older jax (the version floor, `make test-min`) has only jax.experimental.enable_x64.
+if not hasattr(jax, "enable_x64"):
+  from jax.experimental import enable_x64 as _enable_x64
+
+  jax.enable_x64 = _enable_x64
 
 _REPORT: dict[str, str] = {}
 

@@ -8,7 +8,8 @@ parameter for the step (no moment decay, no weight decay, no EMA).
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import numpy as np
 

@@ -17,21 +17,21 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import tempfile  # noqa: E402
+import tempfile
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-import optadam  # noqa: E402
+import optadam
 from dist_common import (
   STEPS,
   bitwise_equal,
   host_batches,
   host_params,
-  make_tx,  # noqa: E402
+  make_tx,
   mismatched_shardings,
   param_specs,
   param_specs_model,
@@ -41,7 +41,7 @@ from dist_common import (
   train_step,
   worst_relative,
 )
-import dist_common  # noqa: E402
+import dist_common
 
 TOL = 1e-6
 _REFERENCE = {}
@@ -214,7 +214,8 @@ def scenario_zero1():
   tx = make_tx()
   opt_sh = optadam.state_shardings(tx, params, zero1_axis="data")
   mu_sh = opt_sh.adam.mu
-  # The first unsharded dimension divisible by 2 gets "data"; a bias over "model" or of size 1 stays.
+  # The first unsharded dimension divisible by 2 gets "data"; a bias over "model" or of size 1
+  # stays.
   assert mu_sh["Dense_0"]["kernel"].spec == P("data", "model"), mu_sh["Dense_0"]["kernel"]
   assert mu_sh["Dense_2"]["kernel"].spec == P("data"), mu_sh["Dense_2"]["kernel"]
   assert mu_sh["Dense_0"]["bias"].spec == P("model"), mu_sh["Dense_0"]["bias"]

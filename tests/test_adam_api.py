@@ -443,7 +443,7 @@ def test_invariant_to_diagonal_rescaling_when_epsilon_is_zero(seed, log_scales, 
 @hypothesis.settings(max_examples=20, deadline=None)
 @hypothesis.given(scale=st.floats(1e-3, 1e3), lr=st.floats(1e-4, 1e-1))
 def test_first_step_shows_epsilon_hat(scale, lr):
-  """Keras's first step: -lr * c * m / (sqrt(v) + eps), c = sqrt(1 - b2) / (1 - b1), eps NOT scaled."""
+  """Keras's first step: -lr c m / (sqrt(v) + eps), c = sqrt(1 - b2) / (1 - b1), eps NOT scaled."""
   tx = optadam.adam(learning_rate=lr, epsilon=1e-3)
   params = {"w": jnp.zeros(3)}
   g = np.asarray(np.array([1.0, -1.0, 0.5]) * scale, np.float32).astype(np.float64)

@@ -598,9 +598,9 @@ def test_vmap_over_independent_problems():
     )
   for b in range(batch):
     single, single_state = run(tx, grads[b], params=params[b])
-    assert_trees_close(jax.tree.map(lambda x: x[b], stacked_params), single[-1], rtol=1e-6)
+    assert_trees_close(jax.tree.map(lambda x: x[b], stacked_params), single[-1], rtol=1e-6)  # noqa: B023
     assert_trees_close(
-      jax.tree.map(lambda x: x[b], optadam.ema_params(state)),
+      jax.tree.map(lambda x: x[b], optadam.ema_params(state)),  # noqa: B023
       optadam.ema_params(single_state),
       rtol=1e-6,
     )

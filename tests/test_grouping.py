@@ -74,7 +74,8 @@ def assert_close_updates(a: Any, b: Any) -> None:
 
   The updates a jitted step returns are extra outputs whose fusion XLA may
   choose differently (a slice of the packed update vs a per-leaf kernel), so
-  they are not pinned bit for bit (atol 2.5e-7: two ulps of the O(1) parameters, in configurations where those may differ; the
+  they are not pinned bit for bit (atol 2.5e-7: two ulps of the O(1) parameters, in
+  configurations where those may differ; the
   weight-decay placement ((x - x*wd*lr) + u) - x cancels); the parameters and the state are.
   """
   la, ta = jax.tree.flatten(a, is_leaf=lambda x: x is None)
@@ -335,7 +336,8 @@ def _step_kernels(tx, params) -> int:
 def test_many_leaf_step_kernel_count():
   """64 small leaves: one kernel per leaf (its update) plus a few per group; +1 with clipnorm.
 
-  Measured (jaxlib 0.10, XLA:CPU): everything on 156 (per leaf: its norm and its update). The bounds leave room for a handful of scalar kernels, not for a second one per leaf.
+  Measured (jaxlib 0.10, XLA:CPU): everything on 156 (per leaf: its norm and its update).
+  The bounds leave room for a handful of scalar kernels, not for a second one per leaf.
   """
   r = np.random.RandomState(0)
   n = 64

@@ -39,7 +39,7 @@ def _run_processes(work_dir: str) -> tuple[list[int | None], list[str]]:
   env["JAX_PLATFORMS"] = "cpu"
   port = _free_loopback_port()
   logs = [
-    open(os.path.join(work_dir, f"process_{i}.log"), "w+", encoding="utf-8")
+    open(os.path.join(work_dir, f"process_{i}.log"), "w+", encoding="utf-8")  # noqa: SIM115
     for i in range(NUM_PROCESSES)
   ]
   procs = []

@@ -1,5 +1,10 @@
 """The Colab notebooks in notebooks/: they run top to bottom, are committed clean, and are linked.
 
+Every notebook is a jupytext pair: ``notebooks/<name>.py`` (percent format, the source that is
+edited) and ``notebooks/<name>.ipynb`` (what Colab opens), kept in sync with
+``jupytext --sync notebooks/<name>.py``. Notebooks are discovered by glob over both extensions, so
+a new pair is tested without editing this file; every ``notebooks/*.py`` is a notebook source.
+
 Each notebook is executed with nbclient in a fresh kernel running *this* interpreter (a
 kernel spec written to a temporary JUPYTER_PATH, so no installed `python3` spec of another
 environment can be picked up), with the repository on PYTHONPATH and a temporary directory as
@@ -16,15 +21,30 @@ import sys
 import time
 
 import ipykernel  # noqa: F401  (the kernel the notebooks run in; installed by `make test`)
+import jupytext
 import nbclient
 import nbformat
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK_DIR = os.path.join(ROOT, "notebooks")
-NOTEBOOKS = sorted(glob.glob(os.path.join(NOTEBOOK_DIR, "*.ipynb")))
-NAMES = [os.path.splitext(os.path.basename(p))[0] for p in NOTEBOOKS]
-EXPECTED = {"quickstart", "keras_to_jax", "ema_and_clipping", "sharded_training"}
+# A name with only one of the two files is still listed, so that the missing twin fails the tests.
+NAMES = sorted(
+  {
+    os.path.splitext(os.path.basename(p))[0]
+    for ext in ("ipynb", "py")
+    for p in glob.glob(os.path.join(NOTEBOOK_DIR, f"*.{ext}"))
+  }
+)
+EXPECTED = {  # at least these
+  "quickstart",
+  "keras_to_jax",
+  "ema_and_clipping",
+  "sharded_training",
+  "keras_file_resume",
+  "loss_scaling",
+}
+PAIRED_FORMATS = "ipynb,py:percent"
 CELL_TIMEOUT_S = 300
 KERNEL_NAME = "optadam-test-python"
 COLAB_URL = "https://colab.research.google.com/github/optadam/optadam/blob/main/notebooks/{}.ipynb"
@@ -74,7 +94,7 @@ def _outputs(nb):
 
 
 def test_the_notebooks_are_there():
-  assert EXPECTED <= set(NAMES), f"missing notebooks: {sorted(EXPECTED - set(NAMES))}"
+  assert set(NAMES) >= EXPECTED, f"missing notebooks: {sorted(EXPECTED - set(NAMES))}"
 
 
 def test_kernel_runs_this_interpreter(kernel_env, tmp_path):
@@ -128,24 +148,43 @@ def test_first_cell_installs_in_colab_and_prints_backend(name):
   assert "jax.default_backend()" in first and "jax.devices()" in first
 
 
-def test_notebooks_match_their_generator(tmp_path):
-  """notebooks/make_notebooks.py writes exactly the committed notebooks (edit it, re-run it)."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
+def _cells(nb):
+  return [(cell.cell_type, cell.source) for cell in nb.cells]
 
-  spec = importlib.util.spec_from_file_location(
-    "make_notebooks", os.path.join(NOTEBOOK_DIR, "make_notebooks.py")
+
+@pytest.mark.parametrize("name", NAMES)
+def test_py_twin_exists_and_is_in_sync(name):
+  """notebooks/<name>.py (jupytext percent) and notebooks/<name>.ipynb hold the same cells."""
+  ipynb_path = os.path.join(NOTEBOOK_DIR, f"{name}.ipynb")
+  py_path = os.path.join(NOTEBOOK_DIR, f"{name}.py")
+  assert os.path.exists(py_path), (
+    f"notebooks/{name}.ipynb has no jupytext twin: run "
+    f"jupytext --set-formats {PAIRED_FORMATS} notebooks/{name}.ipynb"
   )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  assert set(module.NOTEBOOKS) == set(NAMES)
-  for name, cells in module.NOTEBOOKS.items():
-    module.write(name, cells, out_dir=str(tmp_path))
-    with open(tmp_path / f"{name}.ipynb", encoding="utf-8") as f:
-      generated = f.read()
-    with open(os.path.join(NOTEBOOK_DIR, f"{name}.ipynb"), encoding="utf-8") as f:
-      committed = f.read()
-    assert generated == committed, (
-      f"notebooks/{name}.ipynb differs from what notebooks/make_notebooks.py writes: run it"
+  assert os.path.exists(ipynb_path), (
+    f"notebooks/{name}.py has no .ipynb: run jupytext --sync notebooks/{name}.py"
+  )
+  ipynb = jupytext.read(ipynb_path)
+  text = jupytext.read(py_path)
+  for label, nb in (("ipynb", ipynb), ("py", text)):
+    formats = nb.metadata.get("jupytext", {}).get("formats")
+    assert formats == PAIRED_FORMATS, (
+      f"notebooks/{name}.{label}: jupytext formats {formats!r}, expected {PAIRED_FORMATS!r}"
+    )
+  representation = text.metadata["jupytext"].get("text_representation", {})
+  assert representation.get("format_name") == "percent", (
+    f"notebooks/{name}.py is not in jupytext's percent format: {representation}"
+  )
+  cells_ipynb, cells_py = _cells(ipynb), _cells(text)
+  if cells_ipynb != cells_py:
+    first = next(
+      (i for i, (a, b) in enumerate(zip(cells_ipynb, cells_py)) if a != b),
+      min(len(cells_ipynb), len(cells_py)),
+    )
+    pytest.fail(
+      f"notebooks/{name}.ipynb ({len(cells_ipynb)} cells) and notebooks/{name}.py "
+      f"({len(cells_py)} cells) differ from cell {first} on: edit the .py, then run "
+      f"jupytext --sync notebooks/{name}.py"
     )
 
 

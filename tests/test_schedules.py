@@ -16,18 +16,18 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import functools  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
+import functools
+import json
+import math
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-from optadam import schedules as S  # noqa: E402
+from optadam import schedules as S
 
-import keras  # noqa: E402  (KERAS_BACKEND=jax is set in conftest.py)
+import keras
 
 ks = keras.optimizers.schedules
 
@@ -218,7 +218,7 @@ def _build(case_id):
   return getattr(S, name)(**kwargs), getattr(ks, name)(**kwargs), _grid(points), kwargs
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _keras_values(case_id):
   """Keras 3's eager values on the case's grid (int32 steps), cached."""
   _, k, steps, _ = _build(case_id)
@@ -615,7 +615,7 @@ def test_deserialize_errors():
   good = S.serialize(S.ExponentialDecay(0.1, 10, 0.5))
   with pytest.raises(ValueError, match="class_name='LinearCosineDecay'"):
     S.deserialize({**good, "class_name": "LinearCosineDecay"})
-  with pytest.raises(ValueError, match="module='my_project.schedules'"):
+  with pytest.raises(ValueError, match=r"module='my_project.schedules'"):
     S.deserialize({**good, "module": "my_project.schedules"})
   with pytest.raises(ValueError, match="registered_name='Custom>ExponentialDecay'"):
     S.deserialize({**good, "registered_name": "Custom>ExponentialDecay"})

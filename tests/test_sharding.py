@@ -162,7 +162,7 @@ def test_state_shardings_errors():
     optadam.state_shardings(state, SPECS, zero1_axis="batch", mesh=MESH)
   with pytest.raises(ValueError, match="needs `mesh=`"):
     optadam.state_shardings(state, SPECS, zero1_axis="data")
-  with pytest.raises(TypeError, match="must be a jax.sharding.Sharding"):
+  with pytest.raises(TypeError, match=r"must be a jax.sharding.Sharding"):
     optadam.state_shardings(tx, {"w": 3})
 
 
