@@ -127,4 +127,5 @@ $(BENCH_STAMP): pyproject.toml | $(BENCH_VENV)/bin/python
 
 bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m benchmarks.step $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python -m benchmarks.many_leaves
 	$(BENCH_VENV)/bin/python -m benchmarks.loss_scale

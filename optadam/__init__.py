@@ -3,6 +3,7 @@
 from optadam.alias import AdamState, KerasAdam, adam
 from optadam.clipping import clip_by_keras_global_norm, clip_by_tensor_norm, clip_by_value
 from optadam import schedules
+from optadam.grouping import LeafGroups, regroup_state, ungroup_state
 from optadam.ema import ParameterEmaState, ema_params, finalize_variable_values, parameter_ema
 from optadam.keras3 import GradientAccumulationState, accumulate_gradients, divide_by_loss_scale
 from optadam.keras_compat import from_keras_config, get_config, state_from_keras
@@ -29,6 +30,7 @@ __all__ = [
   "IndexedSlices",
   "KerasAdam",
   "KerasFile",
+  "LeafGroups",
   "LossScaleOptimizer",
   "LossScaleState",
   "ParameterEmaState",
@@ -52,10 +54,12 @@ __all__ = [
   "loss_scale_optimizer",
   "parameter_ema",
   "read_keras_file",
+  "regroup_state",
   "scale_by_keras_adam",
   "scale_by_learning_rate",
   "scale_loss",
   "schedules",
   "state_from_keras",
   "state_shardings",
+  "ungroup_state",
 ]

@@ -10,6 +10,7 @@ import numpy as np
 import optax
 
 from optadam import _tree
+from optadam import grouping
 from optadam import hyperparams
 
 EMA_STYLES = ("keras2", "keras3")
@@ -196,7 +197,9 @@ def _the_ema_state(opt_state: Any) -> Optional[ParameterEmaState]:
       f"The optimizer state holds {len(found)} parameter EMAs; pass the part of "
       "the state that holds the one you mean."
     )
-  return found[0] if found else None
+  if not found:
+    return None
+  return found[0]._replace(ema=grouping.ungroup_state(found[0].ema))  # per path when grouped
 
 
 def ema_params(opt_state: Any) -> optax.Params:

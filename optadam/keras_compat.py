@@ -12,6 +12,7 @@ import numpy as np
 from optadam import _tree
 from optadam import alias
 from optadam import ema as ema_lib
+from optadam import grouping
 from optadam import hyperparams
 from optadam import keras3
 from optadam import loss_scaling
@@ -400,7 +401,8 @@ def state_from_keras(
       out.append(value)
     return out
 
-  state = tx.init(params)
+  grouped = tx.init(params)
+  state = grouping.ungroup_state(grouped)  # filled per parameter path, packed again at the end
   inner = state.inner if isinstance(state, keras3.GradientAccumulationState) else state
   k = args["gradient_accumulation_steps"] or 1
   real = iteration // k
@@ -425,8 +427,10 @@ def state_from_keras(
     )
   if isinstance(state, keras3.GradientAccumulationState):
     acc = tree_of(pick("acc"), state.acc) if layout["acc"] else state.acc
-    return state._replace(count=count(iteration), acc=acc, inner=inner)
-  return inner
+    return grouping.regroup_state(
+      state._replace(count=count(iteration), acc=acc, inner=inner), grouped
+    )
+  return grouping.regroup_state(inner, grouped)
 
 
 _KERAS3_LSO_OWN = 4  # Keras 3 lso.variables: iteration, learning_rate, step_counter, dynamic_scale

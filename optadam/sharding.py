@@ -23,6 +23,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
+from optadam import grouping
+
 __all__ = ["state_shardings"]
 
 AxisNames = Union[str, Sequence[str]]
@@ -218,6 +220,10 @@ def state_shardings(
 
   def params_subtree(value: Any) -> Any:
     """Shardings for one parameter-shaped part of the state."""
+    if isinstance(value, grouping.LeafGroups):  # packed small leaves: replicated, never sharded
+      return grouping.LeafGroups(
+        tuple(replicated for _ in value.groups), params_subtree(value.leaves), value.layout
+      )
     if isinstance(value, _Placeholder):  # shapes unknown: the parameters' own shardings
       return p_def.unflatten([leaf_sharding(_NO_SHAPE, p) for p in params])
     v_leaves = p_def.flatten_up_to(value)
@@ -246,6 +252,13 @@ def state_shardings(
         raise
       # e.g. optax.masked with a pytree mask: match the abstract state structurally.
       return state_shardings(state, param_shardings, zero1_axis=zero1_axis, mesh=mesh)
+    if state is None and getattr(tx, "group_small_leaves", None) is not None:
+      raise ValueError(
+        "optadam.state_shardings: this optimizer groups small leaves (group_small_leaves), so "
+        "its state's layout depends on the parameters' shapes: pass arrays or "
+        "jax.ShapeDtypeStructs carrying shardings as `param_shardings`, or pass the state "
+        "(e.g. jax.eval_shape(tx.init, params)) instead of the optimizer."
+      )
     if state is None:
       state = placeholder_state
     try:
@@ -266,6 +279,8 @@ def state_shardings(
       return state_shardings(state, param_shardings, zero1_axis=zero1_axis, mesh=mesh)
 
   def is_params_shaped(x: Any) -> bool:
+    if isinstance(x, grouping.LeafGroups):
+      return True
     if _is_masked(x) or x is None:
       return False
     if p_def.num_leaves == 1 and p_def.num_nodes == 1:
