@@ -1,6 +1,7 @@
 """The cost of `optadam.loss_scale_optimizer` over the plain `optadam.adam` step (issue 14).
 
-    python -m benchmarks.loss_scale [--sizes 1e7] [--rounds 15] [--out benchmarks/RESULTS_loss_scale.md]
+    python -m benchmarks.loss_scale [--sizes 1e7] [--rounds 15]
+        [--out benchmarks/RESULTS_loss_scale.md]
 
 Each implementation runs the step a user's training loop runs, jitted with donation::
 
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
   lines = [
     "# Loss scaling: cost over the plain optadam.adam step",
     "",
-    f"Made by `python -m benchmarks.loss_scale {' '.join(argv if argv is not None else sys.argv[1:])}`"
+    f"Made by `python -m benchmarks.loss_scale {' '.join(sys.argv[1:] if argv is None else argv)}`"
     f" on {datetime.date.today()}: JAX {jax.__version__}, backend {jax.default_backend()} "
     f"({jax.devices()[0].device_kind}), {platform.machine()}, {os.cpu_count()} CPUs. Median "
     f"per-step time over {args.rounds} interleaved rounds; float32 parameters in 4 leaves; "

@@ -223,7 +223,7 @@ def ungroup_state(state: Any) -> Any:
 
   The result has the layout an ungrouped optimizer's state has (``mu``, ``nu``,
   ... keyed by parameter path), e.g. to read or export a checkpoint. Works on
-  arrays and on ``jax.ShapeDtypeStruct``s (abstract states).
+  arrays and on ``jax.ShapeDtypeStruct`` leaves (abstract states).
   """
 
   def unpack(x):

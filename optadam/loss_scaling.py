@@ -52,10 +52,11 @@ def _check_args(inner: Any, initial_scale: Any, dynamic_growth_steps: Any, style
   if (
     isinstance(initial_scale, bool)
     or not isinstance(initial_scale, (numbers.Real, np.ndarray, np.generic, jax.Array))
-    or np.ndim(initial_scale) != 0
+    or np.ndim(initial_scale) != 0  # type: ignore[arg-type]
   ):
     raise TypeError(
-      f"`initial_scale` must be a positive finite number; got {hyperparams.describe(initial_scale)}."
+      "`initial_scale` must be a positive finite number; got "
+      f"{hyperparams.describe(initial_scale)}."
     )
   value = hyperparams.concrete_number(initial_scale)
   as_float32 = np.float32(value) if value is not None and abs(value) < 3.5e38 else np.inf
@@ -128,19 +129,19 @@ def loss_scale_optimizer(
   The two styles differ in every place where the two Keras versions do (each observed
   by running them):
 
-  ==========================  =================================  ==============================
-  rule                        ``"keras2"`` (TF 2.15 ``tf.keras``)  ``"keras3"`` (Keras 3)
-  ==========================  =================================  ==============================
-  unscaling                   ``g * cast(1/scale, g.dtype)``       ``g / scale`` (float32 or wider)
-  finiteness checked on       the unscaled gradients               the scaled gradients
-  halving                     ``max(scale / 2, 1)``: floor at 1    ``scale * 0.5``: no floor (can
-                                                                   reach 0, then NaN updates)
-  doubling                    kept only if finite (max 2**127)     not checked (can become inf,
-                                                                   then every step is skipped)
-  growth test                 ``good_steps + 1 >= growth_steps``  ``good_steps == growth_steps-1``
-  skipped step                inner ``iterations`` += 1 (every     inner state unchanged
-                              ``count`` in the inner state)
-  ==========================  =================================  ==============================
+  =====================  ===================================  ================================
+  rule                   ``"keras2"`` (TF 2.15 ``tf.keras``)  ``"keras3"`` (Keras 3)
+  =====================  ===================================  ================================
+  unscaling              ``g * cast(1/scale, g.dtype)``       ``g / scale`` (float32 or wider)
+  finiteness checked on  the unscaled gradients               the scaled gradients
+  halving                ``max(scale / 2, 1)``: floor at 1    ``scale * 0.5``: no floor (can
+                                                              reach 0, then NaN updates)
+  doubling               kept only if finite (max 2**127)     not checked (can become inf,
+                                                              then every step is skipped)
+  growth test            ``good_steps + 1 >= growth_steps``   ``good_steps == growth_steps-1``
+  skipped step           inner ``iterations`` += 1 (every     inner state unchanged
+                         ``count`` in the inner state)
+  =====================  ===================================  ================================
 
   So under ``"keras2"`` a skipped step still advances the inner optimizer's step
   count: Adam's bias correction, learning-rate schedules and the EMA overwrite

@@ -1,7 +1,8 @@
 """The ``Example:`` blocks of every optadam module's docstrings, run with the stdlib `doctest`.
 
 One test per module and subpackage module (found with `pkgutil.walk_packages`, so a new module
-is picked up without editing this file); a failing example shows doctest's report of what it expected and what it got.
+is picked up without editing this file); a failing example shows doctest's report of what it
+expected and what it got.
 """
 
 from __future__ import annotations
