@@ -36,6 +36,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_keras2_golden import _jsonable, _store  # the golden tool's own helpers
+
 PREFIX = "loss_scale_"
 K_STEPS = 10
 PARAMS = [("dense/kernel", (4, 3)), ("dense/bias", (3,))]
@@ -178,25 +181,6 @@ SCENARIOS = {
     ),
   ]
 }
-
-
-def _store(x) -> np.ndarray:
-  a = x.numpy() if hasattr(x, "numpy") else np.asarray(x)
-  if a.dtype == np.float16:
-    a = a.astype(np.float32)  # exact
-  return np.asarray(a)
-
-
-def _jsonable(x):
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, np.generic):
-    return x.item()
-  if hasattr(x, "numpy"):
-    return _jsonable(x.numpy())
-  return x
 
 
 def raw_gradients(sc: Scenario) -> tuple[list, list]:
