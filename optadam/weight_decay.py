@@ -38,6 +38,25 @@ def exclusion_mask(patterns: Sequence[str]) -> Callable[[Any], Any]:
   return mask_fn
 
 
+def _masked(inner: optax.GradientTransformation, mask: Mask) -> optax.GradientTransformation:
+  """`optax.masked` with a callable `mask` called on the params, at ``update`` as at ``init``.
+
+  The mask tree then has a value at every parameter, so a None gradient leaf passes
+  through it (None update, state untouched). The state is ``optax.masked``'s.
+  """
+  masked = optax.masked(inner, mask)
+  if not callable(mask):
+    return masked
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      raise ValueError(optax.NO_PARAMS_MSG)
+    # not masked.update: optax calls the mask on the updates, whose None leaves drop out of it
+    return optax.masked(inner, mask(params)).update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(masked.init, update_fn)
+
+
 class DecayedWeightsState(NamedTuple):
   """State of `add_decayed_weights` in its Keras placement (after the learning rate)."""
 
@@ -140,7 +159,7 @@ def add_decayed_weights(
   else:
     tx = _decay_after_learning_rate(weight_decay, learning_rate)
   if patterns:
-    tx = optax.masked(tx, exclusion_mask(patterns))
+    tx = _masked(tx, exclusion_mask(patterns))
   if weight_decay_mask is not None:
-    tx = optax.masked(tx, weight_decay_mask)
+    tx = _masked(tx, weight_decay_mask)
   return tx
