@@ -12,8 +12,10 @@ on float32 parameters split over 4 leaves. The implementations are timed side by
 the same process, in interleaved rounds (plain, keras2, keras3, plain, ...), each round a batch
 of steps ended by ``block_until_ready``; the table shows the median per-step time over the
 rounds and its ratio to the plain step's median. The gradients are finite (no skipped steps):
-the wrapper's cost is then one global finiteness reduction over the gradients plus the
-unscaling, fused by XLA into the Adam kernel, and a select of the new state.
+the wrapper's cost is then one global finiteness reduction over the gradients (a read of
+4 bytes per parameter, against Adam's 40), with the unscaling and the select of the new state
+fused by XLA into Adam's kernels. The last row is the ``lax.cond`` path that any inner other
+than ``optadam.adam`` takes (on CPU the conditional copies the state in and out).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import optax
+
 import optadam
 
 IMPLS = {
@@ -38,7 +42,15 @@ IMPLS = {
   "loss_scale_optimizer(adam), keras3": lambda: optadam.loss_scale_optimizer(
     optadam.adam(1e-3), style="keras3"
   ),
+  # Any inner that is not optadam.adam's own (here the same Adam, hidden) takes the cond path.
+  "loss_scale_optimizer(other inner: cond), keras2": lambda: optadam.loss_scale_optimizer(
+    _hidden(optadam.adam(1e-3))
+  ),
 }
+
+
+def _hidden(tx):
+  return optax.GradientTransformationExtraArgs(tx.init, tx.update)
 
 
 def make_data(n: int, seed: int = 0):

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import optax
 
+from optadam import _skip
 from optadam import clipping
 from optadam import ema
 from optadam import grouping
@@ -36,7 +37,11 @@ class KerasAdam(optax.GradientTransformationExtraArgs):
   """The `optax.GradientTransformationExtraArgs` returned by `optadam.adam`.
 
   Besides ``init`` and ``update`` it carries ``name`` and ``keras_args`` (the
-  arguments it was built from), read by `optadam.get_config`.
+  arguments it was built from), read by `optadam.get_config`, and
+  ``skippable_update(updates, state, params, finite)``: ``update`` in which every
+  parameter-sized state keeps its old value unless the scalar bool ``finite`` holds
+  (the updates and step counts are left to the caller; `optadam.loss_scale_optimizer`
+  uses it to skip a step without a ``lax.cond``).
   """
 
 
@@ -193,10 +198,10 @@ def _checked_jit(update_fn: Any) -> Any:
   jitted = jax.jit(update_fn)
 
   @functools.wraps(update_fn)
-  def checked(updates, state, params=None, **extra_args):
+  def checked(updates, state, params=None, *args, **extra_args):
     del extra_args  # read by no transform of the chain
     sparse.check_row_indices(updates)
-    return jitted(updates, state, params)
+    return jitted(updates, state, params, *args)
 
   for attr in ("lower", "trace", "eval_shape", "clear_cache", "_cache_size"):
     if hasattr(jitted, attr):
@@ -410,6 +415,13 @@ def adam(
       )
     return named.update(updates, state, params, **extra_args)
 
+  plain_update = update_fn  # `update_fn` is rebound to its jit below
+
+  def skippable_update(updates, state, params, finite, **extra_args):
+    # loss_scale_optimizer's fast path: each transform keeps its old state unless `finite`.
+    with _skip.skip_unless(finite):
+      return plain_update(updates, state, params, **extra_args)
+
   # Array hyperparameters mean inject_hyperparams (or a trace) builds this optimizer at
   # every step; a jit here would then be a fresh function, recompiled at every call.
   if jit_compile and not _has_array_hyperparams(
@@ -425,9 +437,10 @@ def adam(
     ema_overwrite_frequency,
     loss_scale_factor,
   ):
-    update_fn = _checked_jit(update_fn)
+    update_fn, skippable_update = _checked_jit(update_fn), _checked_jit(skippable_update)
 
   tx = KerasAdam(named.init, update_fn)
+  tx.skippable_update = skippable_update
   tx.name = name
   tx.keras_args = dict(
     learning_rate=learning_rate,

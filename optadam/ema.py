@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optadam import _skip
 from optadam import _tree
 from optadam import grouping
 from optadam import hyperparams
@@ -177,7 +178,7 @@ def parameter_ema(
           landed = (p + u).astype(p.dtype)
           new = jnp.where(overwrite, landed, average(landed))
       out.append(u)
-      new_avg.append(new)
+      new_avg.append(_skip.keep(new, avg))  # the old average on a skipped step
 
     new_state = ParameterEmaState(count=optax.safe_increment(it), ema=treedef.unflatten(new_avg))
     return treedef.unflatten(out), new_state

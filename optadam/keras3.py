@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optadam import _skip
 from optadam import _tree
 from optadam import hyperparams
 from optadam import sparse
@@ -119,7 +120,9 @@ def accumulate_gradients(
 
     new_updates, new_inner = jax.lax.cond(is_update, real_update, accumulate, None)
     new_acc = [
-      a if g is None else jnp.where(is_update, jnp.zeros_like(a), a + g.astype(a.dtype))
+      a
+      if g is None
+      else _skip.keep(jnp.where(is_update, jnp.zeros_like(a), a + g.astype(a.dtype)), a)
       for g, a in zip(g_leaves, acc_leaves)
     ]
     new_state = GradientAccumulationState(

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optadam import _skip
 from optadam import _tree
 from optadam import hyperparams
 from optadam import sparse
@@ -171,6 +172,7 @@ def scale_by_keras_adam(
         new_nu.append(v)
         new_vmax.append(vmax)
         continue
+      mu_old, nu_old = m, v
       if sparse.is_sparse(g):
         m, v = sparse.keras_moments(g, m, v, one_minus_b1, one_minus_b2)
         out_dtype = g.dtype
@@ -184,8 +186,9 @@ def scale_by_keras_adam(
         m = m + (gm - m) * hyperparams.cast(one_minus_b1, m.dtype)
         v = v + (g_sq - v) * hyperparams.cast(one_minus_b2, v.dtype)
         out_dtype = g.dtype
+      m, v = _skip.keep((m, v), (mu_old, nu_old))  # the old moments on a skipped step
       if amsgrad:
-        vmax = jnp.maximum(vmax, v)
+        vmax = _skip.keep(jnp.maximum(vmax, v), vmax)
       v_used = vmax if amsgrad else v
       dtype = _tree.real_dtype(jnp.promote_types(m.dtype, v_used.dtype))
       c = correction(jnp.promote_types(dtype, jnp.float32))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from typing import Any, Optional
 from collections.abc import Sequence
 
@@ -562,6 +563,121 @@ def test_inject_hyperparams_inner_equals_plain(style):
   params = {k: jnp.asarray(v[-1]) for k, v in {k: [b[-1]["params"][k]] for k in SHAPES}.items()}
   updates, _ = jax.jit(injected.update)({k: jnp.asarray(v) for k, v in fed[0].items()}, sb, params)
   assert all(not np.asarray(u).any() for u in jax.tree.leaves(updates))
+
+
+FAST_CASES = {
+  "defaults": dict(),
+  "amsgrad + ema overwrite + clipnorm + masked decay": dict(
+    amsgrad=True,
+    use_ema=True,
+    ema_overwrite_frequency=3,
+    clipnorm=0.5,
+    weight_decay=0.1,
+    exclude_from_weight_decay=["bias"],
+  ),
+  "ema keras3 style + global_clipnorm": dict(use_ema=True, ema_style="keras3", global_clipnorm=1.0),
+  "gradient accumulation (k=2)": dict(gradient_accumulation_steps=2),
+  "grouped small leaves": dict(group_small_leaves=64, amsgrad=True, use_ema=True),
+  "jit_compile=False + schedule": dict(
+    jit_compile=False, learning_rate=optadam.schedules.ExponentialDecay(0.01, 3, 0.5)
+  ),
+}
+
+
+@pytest.mark.parametrize("style", ["keras2", "keras3"])
+@pytest.mark.parametrize("case", list(FAST_CASES))
+def test_straight_line_path_equals_the_cond_path(case, style):
+  """Around optadam.adam the wrapper runs no cond (each transform keeps its own state on a
+  skipped step); it gives the cond path's trajectory, and exactly the old state when skipped."""
+  kwargs = {"learning_rate": 0.01, **FAST_CASES[case]}
+  bad = {2: "nan", 3: "inf", 4: "-inf", 9: "nan"}
+  fed = _bad_steps_grads(12, bad)
+  inner = optadam.adam(**kwargs)
+  assert inner.skippable_update is not None
+  hidden = optax.GradientTransformationExtraArgs(inner.init, inner.update)  # no fast path
+  fast = optadam.loss_scale_optimizer(inner, 2.0**8, 3, style=style)
+  slow = optadam.loss_scale_optimizer(hidden, 2.0**8, 3, style=style)
+  a, sa = run_wrapper(fast, _params0(), fed)
+  b, sb = run_wrapper(slow, _params0(), fed)
+  for x, y in zip(a, b):
+    assert (x["scale"], x["counter"], x["iterations"]) == (
+      y["scale"],
+      y["counter"],
+      y["iterations"],
+    )
+  assert worst_ulps([h["params"] for h in a], [h["params"] for h in b]) <= 4
+  for step in bad:  # a skipped step does not move the parameters, bit for bit
+    for k in SHAPES:
+      np.testing.assert_array_equal(a[step]["params"][k], a[step - 1]["params"][k])
+  assert jax.tree.structure(sa) == jax.tree.structure(sb)
+  for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
+    assert x.dtype == y.dtype and x.shape == y.shape
+    if jnp.issubdtype(x.dtype, jnp.integer):
+      np.testing.assert_array_equal(x, y)
+    else:
+      np.testing.assert_allclose(x, y, rtol=3e-6, atol=1e-7)
+
+
+def test_skipped_step_keeps_every_state_array_exactly():
+  """A skipped step leaves every parameter-sized array of the inner state bit for bit."""
+  inner = optadam.adam(0.01, amsgrad=True, use_ema=True, ema_overwrite_frequency=2)
+  for style in ("keras2", "keras3"):
+    tx = optadam.loss_scale_optimizer(inner, 2.0**4, 100, style=style)
+    params = {k: jnp.asarray(v) for k, v in _params0().items()}
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    _, state = step(_grads(16.0), state, params)
+    updates, after = step(_grads(16.0, bad=np.nan), state, params)
+    assert not any(np.asarray(u).any() for u in jax.tree.leaves(updates))
+    for x, y in zip(jax.tree.leaves(state.inner), jax.tree.leaves(after.inner)):
+      if np.ndim(x):
+        np.testing.assert_array_equal(x, y)
+    counts = [int(x) for x in jax.tree.leaves(after.inner) if jnp.issubdtype(x.dtype, jnp.integer)]
+    assert counts == [2 if style == "keras2" else 1] * len(counts)
+
+
+@pytest.mark.parametrize("style", ["keras2", "keras3"])
+def test_step_around_adam_has_no_conditional_nor_copies(style):
+  """The wrapper's step is Adam's kernels plus one finiteness reduction: no ``conditional``
+  copying the state in and out, and no copy of a parameter-sized buffer (issue 14's cost)."""
+  # (large enough: XLA turns a cond over small arrays into selects by itself)
+  params = {"a": jnp.zeros((1024, 1024)), "b": jnp.zeros(1000)}
+  tx = optadam.loss_scale_optimizer(optadam.adam(1e-3), style=style)
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optadam.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  hlo = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params).compile().as_text()
+  entry = hlo[hlo.index("ENTRY") :]
+  copies = re.findall(r"= f32\[(?:1024,1024|1000)\]\S* copy\(", entry)
+  assert not copies, "a parameter-sized buffer is copied"
+  conditionals = re.findall(r"= (.*) conditional\(", entry)
+  # keras2 checks the unscaled gradients only when the scale is below 1: a scalar-output cond
+  assert conditionals == (["(pred[])"] if style == "keras2" else [])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "complex64"])
+@pytest.mark.parametrize("shape", [(2**17,), (64, 2048), (3, 3, 64, 512), (300, 301)])
+def test_finiteness_check_of_large_leaves(shape, dtype):
+  """Large leaves are checked by a matrix-vector product with zeros on CPU (a reduction to a
+  scalar runs on one thread): every position of an inf or a NaN is still seen, large finite
+  values are not mistaken for overflow, and the decision is one for all leaves."""
+  from optadam import loss_scaling
+
+  big = jnp.full(shape, jnp.finfo(jnp.dtype(dtype)).max / 2, dtype)
+  check = jax.jit(lambda leaves: loss_scaling._all_finite(leaves))
+  assert bool(check([big, None, jnp.ones(3)]))
+  assert bool(check([jnp.zeros((0,) + shape[1:], dtype), big]))
+  n = int(np.prod(shape))
+  for flat in (0, 1, n // 2 + 7, n - 1):
+    index = np.unravel_index(flat, shape)
+    for bad in (np.inf, -np.inf, np.nan):
+      assert not bool(check([big.at[index].set(bad), jnp.ones(3)])), (flat, bad)
+      assert not bool(check([jnp.ones(3), big.at[index].set(bad)])), (flat, bad)
+  if dtype == "complex64":
+    assert not bool(check([big.at[(0,) * len(shape)].set(1j * np.inf)]))
 
 
 def test_multisteps_around_the_wrapper():
