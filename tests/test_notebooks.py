@@ -14,6 +14,7 @@ overwrite), so a failing claim fails the test. Execution times go to the termina
 
 from __future__ import annotations
 
+import concurrent.futures
 import glob
 import json
 import os
@@ -111,13 +112,35 @@ def test_kernel_runs_this_interpreter(kernel_env, tmp_path):
   assert os.path.realpath(text[1]).startswith(os.path.realpath(ROOT) + os.sep)
 
 
+@pytest.fixture(scope="module")
+def executed(kernel_env, tmp_path_factory):
+  """Every notebook, executed two at a time (each kernel is its own process; a notebook is
+  mostly single-threaded compiles, so two share a 2-core machine without slowing each other):
+  name -> (executed notebook, seconds) or the exception its execution raised."""
+
+  def run(name):
+    nb = nbformat.read(os.path.join(NOTEBOOK_DIR, f"{name}.ipynb"), as_version=4)
+    cwd = tmp_path_factory.mktemp(f"nb_{name}")
+    start = time.perf_counter()
+    try:
+      _execute(nb, cwd, kernel_env)  # raises CellExecutionError on any failing cell
+    except Exception as e:  # re-raised by the notebook's own test
+      return e
+    return nb, time.perf_counter() - start
+
+  names = [n for n in NAMES if os.path.exists(os.path.join(NOTEBOOK_DIR, f"{n}.ipynb"))]
+  with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+    return dict(zip(names, pool.map(run, names)))
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs(name, kernel_env, tmp_path, report):
-  nb = nbformat.read(os.path.join(NOTEBOOK_DIR, f"{name}.ipynb"), as_version=4)
-  start = time.perf_counter()
-  _execute(nb, tmp_path, kernel_env)  # raises CellExecutionError on any failing cell
-  seconds = time.perf_counter() - start
-  report(f"notebook / {name}", f"executed in {seconds:.1f} s")
+def test_notebook_runs(name, executed, report):
+  assert name in executed, f"notebooks/{name}.ipynb is missing"
+  result = executed[name]
+  if isinstance(result, BaseException):
+    raise result
+  nb, seconds = result
+  report(f"notebook / {name}", f"executed in {seconds:.1f} s (two at a time)")
   outputs = list(_outputs(nb))
   assert not [o for o in outputs if o.output_type == "error"]
   images = [o for o in outputs if "image/png" in o.get("data", {})]
