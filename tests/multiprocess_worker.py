@@ -196,10 +196,132 @@ def _run(process_id: int, work_dir: str, transport: str) -> int:
     assert err <= 1e-6, err
     return {"worst_relative_final": err}
 
+  def scenario_loss_scale_across_processes():
+    """Dynamic loss scaling whose bad gradients live on one process only: one global decision."""
+    mesh = jax.make_mesh((8,), ("d",), axis_types=(AxisType.Auto,))
+    shape = (8, 16)
+    param_sh = {"kernel": NamedSharding(mesh, P("d", None)), "bias": NamedSharding(mesh, P())}
+    rows = {0: set(), 1: set()}  # the kernel rows whose shards live on each process
+    for device, index in param_sh["kernel"].devices_indices_map(shape).items():
+      rows[device.process_index].update(range(*index[0].indices(shape[0])))
+    assert rows[0] and rows[1] and not rows[0] & rows[1], rows
+    rng = np.random.default_rng(3)
+    host_params = {
+      "kernel": rng.normal(size=shape).astype(np.float32),
+      "bias": rng.normal(size=shape[1:]).astype(np.float32),
+    }
+    # Non-finite values only in the rows of one process: alone, each process would decide
+    # differently (process 0 sees step 5 bad, process 1 steps 2 and 6).
+    bad = {2: (1, np.inf), 5: (0, np.nan), 6: (1, -np.inf)}
+    host_grads = []
+    for i in range(10):
+      g = {
+        k: (rng.normal(size=v.shape) * 2.0**8).astype(np.float32) for k, v in host_params.items()
+      }
+      if i in bad:
+        owner, value = bad[i]
+        g["kernel"][max(rows[owner]), i] = value
+      host_grads.append(g)
+
+    def make_tx(style):
+      return optadam.loss_scale_optimizer(
+        optadam.adam(0.01, amsgrad=True, use_ema=True),
+        initial_scale=2.0**8,
+        dynamic_growth_steps=2,
+        style=style,
+      )
+
+    def step_fn(tx):
+      def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optadam.apply_updates(params, updates), state
+
+      return step
+
+    def reference_run(style):
+      # The same steps on this process's first device, on local unsharded arrays.
+      tx = make_tx(style)
+      device = jax.local_devices()[0]
+      params = jax.device_put(host_params, device)
+      state = tx.init(params)
+      step = jax.jit(step_fn(tx))
+      history, scales, good_steps = [], [], []
+      for g in host_grads:
+        params, state = step(params, state, jax.device_put(g, device))
+        history.append(jax.tree.map(np.asarray, params))
+        scales.append(float(state.scale))
+        good_steps.append(int(state.good_steps))
+      return history, scales, good_steps, jax.tree.map(np.asarray, state.inner)
+
+    def one_value(x):
+      # Every local device's copy of a replicated scalar; they must agree.
+      values = {np.asarray(s.data).item() for s in x.addressable_shards}
+      assert len(values) == 1, values
+      return values.pop()
+
+    def run(style):
+      tx = make_tx(style)
+      opt_sh = optadam.state_shardings(tx, param_sh)
+      assert opt_sh.scale.is_fully_replicated and opt_sh.good_steps.is_fully_replicated
+      params = jax.tree.map(global_array, host_params, param_sh)
+      assert spans_processes(params["kernel"]) and not params["kernel"].is_fully_addressable
+      state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+      step = jax.jit(
+        step_fn(tx),
+        in_shardings=(param_sh, opt_sh, param_sh),
+        out_shardings=(param_sh, opt_sh),
+        donate_argnums=(0, 1),
+      )
+      history, scales, good_steps, locally_bad = [], [], [], []
+      for i, g in enumerate(host_grads):
+        grads = jax.tree.map(global_array, g, param_sh)
+        if not all(
+          np.isfinite(np.asarray(s.data)).all()
+          for leaf in jax.tree.leaves(grads)
+          for s in leaf.addressable_shards
+        ):
+          locally_bad.append(i)
+        before = gather(params)
+        params, state = step(params, state, grads)
+        now = gather(params)
+        history.append(now)
+        scales.append(float(one_value(state.scale)))
+        good_steps.append(int(one_value(state.good_steps)))
+        assert dc.bitwise_equal(now, before) == (i in bad), f"step {i}: skipped is {i in bad}"
+      mu = state.inner.adam.mu["kernel"]
+      assert mu.sharding.spec == P("d", None) and spans_processes(mu)
+      # The same scale and good_steps after every step in both processes.
+      both = multihost_utils.process_allgather(
+        np.asarray([scales, good_steps], np.float64), tiled=False
+      )
+      assert (both[0] == both[1]).all(), both
+      ref_history, ref_scales, ref_good_steps, ref_inner = reference_run(style)
+      assert scales == ref_scales and good_steps == ref_good_steps, (scales, ref_scales)
+      err = dc.worst_relative(history, ref_history)
+      state_err = dc.worst_relative(gather(state.inner), ref_inner)
+      assert err <= 1e-6 and state_err <= 1e-6, (err, state_err)
+      previous = [2.0**8, *scales[:-1]]
+      halved = [i for i, (a, b) in enumerate(zip(previous, scales)) if b == a / 2]
+      doubled = [i for i, (a, b) in enumerate(zip(previous, scales)) if b == a * 2]
+      assert halved == sorted(bad) and doubled, (halved, doubled)
+      return {
+        "scales": scales,
+        "good_steps": good_steps,
+        "halved": halved,
+        "doubled": doubled,
+        "locally_bad": locally_bad,
+        "rows_here": sorted(rows[process_id]),
+        "worst_relative": err,
+        "state_worst_relative": state_err,
+      }
+
+    return {style: run(style) for style in ("keras2", "keras3")}
+
   scenarios = {
     "train_mesh8": scenario_train_mesh8,
     "zero1_across_processes": scenario_zero1_across_processes,
     "orbax_multiprocess": scenario_orbax_multiprocess,
+    "loss_scale_across_processes": scenario_loss_scale_across_processes,
   }
   print(f"process {process_id}: {jax.device_count()} devices, collectives {transport}", flush=True)
   return dc.run_scenarios(scenarios, list(scenarios))

@@ -4,8 +4,11 @@
 ``jax.distributed.initialize(coordinator_address="127.0.0.1:<free port>")``;
 collectives go over Gloo on 127.0.0.1. The state is sharded across the two
 processes; trajectories must equal the single-process one (<= 1e-6 relative),
-and an Orbax checkpoint written by both processes mid-training must resume
-bit for bit. Both processes are always ended (bounded waits, then kill).
+an Orbax checkpoint written by both processes mid-training must resume
+bit for bit, and `optadam.loss_scale_optimizer` must take one finiteness decision
+per step for a kernel whose rows live on both processes when the non-finite
+gradients sit in one process's rows only. Both processes are always ended
+(bounded waits, then kill).
 """
 
 from __future__ import annotations
@@ -23,7 +26,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "multiprocess_worker.py")
 NUM_PROCESSES = 2
 TIMEOUT_S = 240
-SCENARIOS = ("train_mesh8", "zero1_across_processes", "orbax_multiprocess")
+SCENARIOS = (
+  "train_mesh8",
+  "zero1_across_processes",
+  "orbax_multiprocess",
+  "loss_scale_across_processes",
+)
+# initial_scale 2**8, doubled after 2 finite steps, halved on the bad steps 2, 5 and 6.
+LOSS_SCALE_HISTORY = [256.0, 512.0, 256.0, 256.0, 512.0, 256.0, 128.0, 128.0, 256.0, 256.0]
 
 
 def _free_loopback_port() -> int:
@@ -122,6 +132,20 @@ def test_two_process_zero1_moments_split_across_processes(process_results, repor
 def test_two_process_orbax_checkpoint_resume(process_results):
   for info in _check(process_results, "orbax_multiprocess"):
     assert info["worst_relative_final"] <= 1e-6
+
+
+def test_two_process_loss_scale_one_decision_across_processes(process_results, report):
+  infos = _check(process_results, "loss_scale_across_processes", report)
+  assert [info["keras2"]["rows_here"] for info in infos] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+  for style in ("keras2", "keras3"):
+    first, second = (info[style] for info in infos)
+    # Alone, process 0 would skip only step 5 and process 1 only steps 2 and 6.
+    assert first["locally_bad"] == [5] and second["locally_bad"] == [2, 6], style
+    for info in (first, second):
+      assert info["scales"] == LOSS_SCALE_HISTORY, (style, info["scales"])
+      assert info["good_steps"] == [1, 0, 0, 1, 0, 0, 0, 1, 0, 1], (style, info["good_steps"])
+      assert info["halved"] == [2, 5, 6] and info["doubled"] == [1, 4, 8], style
+      assert info["worst_relative"] <= 1e-6 and info["state_worst_relative"] <= 1e-6, style
 
 
 def test_both_processes_exit_cleanly(process_results):
