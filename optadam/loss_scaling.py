@@ -190,7 +190,8 @@ def loss_scale_optimizer(
   =====================  ===================================  ================================
   rule                   ``"keras2"`` (TF 2.15 ``tf.keras``)  ``"keras3"`` (Keras 3)
   =====================  ===================================  ================================
-  unscaling              ``g * cast(1/scale, g.dtype)``       ``g / scale`` (float32 or wider)
+  unscaling              ``g * cast(1/scale, g.dtype)``       ``g / scale`` in float32 (or
+                                                              wider), cast to ``g.dtype``
   finiteness checked on  the unscaled gradients               the scaled gradients
   halving                ``max(scale / 2, 1)``: floor at 1    ``scale * 0.5``: no floor (can
                                                               reach 0, then NaN updates)
@@ -213,9 +214,10 @@ def loss_scale_optimizer(
   ``"keras3"`` reproduces ``keras.optimizers.LossScaleOptimizer.stateless_apply``.
   (With a power-of-two `initial_scale`, the default, ``"keras3"`` multiplies by the exact
   reciprocal, which gives the bits of the division; a scale that is not a power of two is
-  divided by.) With 16-bit gradients the two unscalings round differently (``"keras3"``'s result
-  is float32; `inner` then casts it to the parameter dtype), and for a scale that is
-  not a power of two they differ by one rounding even in float32.
+  divided by.) With 16-bit gradients the two unscalings round differently (``"keras3"``
+  rounds the float32 quotient to the gradient's dtype, as Keras 3's Adam casts it to the
+  variable's: `inner` gets, and the updates have, the gradients' dtype), and for a scale
+  that is not a power of two they differ by one rounding even in float32.
 
   Args:
     inner: the optax transformation to wrap, normally `optadam.adam`. Its ``update``
@@ -273,10 +275,12 @@ def loss_scale_optimizer(
     values = sparse.values_of(g)
     if style == "keras2":  # get_unscaled_gradients: times the float32 reciprocal, cast to g's dtype
       return sparse.with_values(g, values * (1.0 / scale).astype(values.dtype))
-    # Keras 3: ops.divide(g, scale), promoted to float32 or wider.
+    # Keras 3: ops.divide(g, scale), promoted to float32 or wider; its Adam casts that to the
+    # variable's dtype before any arithmetic. Here: back to g's dtype (a no-op from float32 up), so
+    # that the updates have the gradients' dtype, as optax's transforms (and lax.cond) expect.
     wide = jnp.promote_types(values.dtype, jnp.float32)
     if not power_of_two:
-      return sparse.with_values(g, values / scale)
+      return sparse.with_values(g, (values / scale).astype(values.dtype))
     # A power-of-two scale stays one (or 0 / inf), and dividing by it is multiplying by its
     # exact reciprocal: the same bits, without a division that XLA would materialise. The
     # reciprocal is applied as two normal power-of-two factors (1/scale itself can be
@@ -287,7 +291,8 @@ def loss_scale_optimizer(
       jnp.where(scale < 2.0**-64, jnp.float32(2.0**64), jnp.float32(1.0)),
     )
     r2 = 1.0 / (scale * r1)
-    return sparse.with_values(g, values.astype(wide) * r1.astype(wide) * r2.astype(wide))
+    unscaled = values.astype(wide) * r1.astype(wide) * r2.astype(wide)
+    return sparse.with_values(g, unscaled.astype(values.dtype))
 
   def update_fn(updates, state, params=None, **extra_args):
     g_leaves, treedef = _tree.flatten_grads(updates)

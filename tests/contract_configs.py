@@ -2,11 +2,13 @@
 
 Shared by `test_contract.py` and its 8-device worker `contract_mesh_worker.py`. Each entry is a
 `Config`: Keras arguments plus how the learning rate is built from a base rate, so that the
-convergence runs (`CONVERGENCE_LR`) and the short property runs use the same configurations.
+convergence runs (`CONVERGENCE_LR`) and the short property runs use the same configurations, and
+an optional wrapper around the optimizer (`optadam.loss_scale_optimizer`).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, NamedTuple
 from collections.abc import Callable
@@ -39,12 +41,38 @@ def _zero_argument_callable(lr: float) -> Any:
   return lambda: lr  # called on the host at every step (a pure_callback)
 
 
+def _unwrapped(tx: Any) -> Any:
+  return tx
+
+
+LOSS_SCALE = 128.0  # a power of two: scaling the loss and unscaling the gradients are exact
+
+
+def _loss_scale_optimizer(style: str) -> Callable[[Any], Any]:
+  """`optadam.loss_scale_optimizer` around the optimizer, its scale fixed at `LOSS_SCALE`.
+
+  The scale grows only after 10**6 finite steps (more than any run of the suite takes), so it
+  stays `LOSS_SCALE` and multiplying the loss by the constant ``Config.loss_scale`` is exactly
+  `optadam.scale_loss`. Nothing overflows: the convergence runs (float32, complex64) differentiate
+  the scaled loss, and the property runs feed their own gradients of order 1 in every dtype
+  (which the wrapper divides by `LOSS_SCALE`).
+  """
+
+  def wrap(tx: Any) -> Any:
+    return optadam.loss_scale_optimizer(
+      tx, initial_scale=LOSS_SCALE, dynamic_growth_steps=10**6, style=style
+    )
+
+  return wrap
+
+
 class Config(NamedTuple):
   """One configuration of `optadam.adam`."""
 
   kwargs: dict[str, Any]  # Keras arguments other than learning_rate
   learning_rate: Callable[[float], Any] = _constant  # base rate -> the learning_rate argument
   loss_scale: float = 1.0  # the loss is multiplied by this before differentiating
+  wrap: Callable[[Any], Any] = _unwrapped  # around optadam.adam (in make_injected_tx too)
 
 
 # EMA overwrite every 2 steps (so that the short property runs overwrite) converges only with a
@@ -82,6 +110,18 @@ CONFIGS: dict[str, Config] = {
     learning_rate=_schedule,
     loss_scale=128.0,
   ),
+  "loss_scale_keras2": Config(
+    dict(amsgrad=True, use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=2),
+    loss_scale=LOSS_SCALE,
+    wrap=_loss_scale_optimizer("keras2"),
+  ),
+  "loss_scale_keras3": Config(
+    dict(
+      amsgrad=True, use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=2, ema_style="keras3"
+    ),
+    loss_scale=LOSS_SCALE,
+    wrap=_loss_scale_optimizer("keras3"),
+  ),
 }
 
 
@@ -91,11 +131,11 @@ def adam_kwargs(name: str, lr: float = CONVERGENCE_LR) -> dict[str, Any]:
 
 
 def make_tx(name: str, lr: float = CONVERGENCE_LR) -> optax.GradientTransformationExtraArgs:
-  return optadam.adam(**adam_kwargs(name, lr))
+  return CONFIGS[name].wrap(optadam.adam(**adam_kwargs(name, lr)))
 
 
 def make_injected_tx(name: str, lr: float = CONVERGENCE_LR) -> optax.GradientTransformation:
-  """`optax.inject_hyperparams(optadam.adam)` with the learning rate and weight decay as state.
+  """`optax.inject_hyperparams` of `make_tx`'s optimizer: learning rate, weight decay as state.
 
   Every other argument is static (inject_hyperparams would otherwise turn every numeric default
   into state too): a beta or epsilon given as a float32 array rounds ``1 - beta`` differently
@@ -104,6 +144,11 @@ def make_injected_tx(name: str, lr: float = CONVERGENCE_LR) -> optax.GradientTra
   stays static too (inject_hyperparams would call it with the step count, as a schedule).
   ``hyperparam_dtype=float32``: inject_hyperparams otherwise takes the first parameter's dtype,
   which may be complex or 16-bit.
+
+  The config's wrapper is built inside the factory, around `optadam.adam`, so that the injected
+  optimizer is the one of `make_tx`. (``loss_scale_optimizer(inject_hyperparams(adam))`` would
+  run adam in the wrapper's ``lax.cond`` instead of its straight-line path: the same trajectory
+  to a few ulp, not the same bits; test_loss_scale compares the two.)
   """
   kwargs = adam_kwargs(name, lr)
   lr_arg = kwargs["learning_rate"]
@@ -111,7 +156,13 @@ def make_injected_tx(name: str, lr: float = CONVERGENCE_LR) -> optax.GradientTra
   if callable(lr_arg) and hyperparams.takes_no_arguments(lr_arg):
     injected.discard("learning_rate")
   static = tuple(k for k in inspect.signature(optadam.adam).parameters if k not in injected)
-  return optax.inject_hyperparams(optadam.adam, static_args=static, hyperparam_dtype=jnp.float32)(
+  wrap = CONFIGS[name].wrap
+
+  @functools.wraps(optadam.adam)  # inject_hyperparams binds the arguments to adam's signature
+  def factory(*args: Any, **adam_args: Any) -> Any:
+    return wrap(optadam.adam(*args, **adam_args))
+
+  return optax.inject_hyperparams(factory, static_args=static, hyperparam_dtype=jnp.float32)(
     **kwargs
   )
 

@@ -3,8 +3,8 @@
 The properties are those of optax's ``alias_test.py`` and of what Flax NNX's ``Optimizer`` relies
 on, written for optadam: every configuration of the registry `contract_configs.CONFIGS` (defaults,
 AMSGrad, epsilon + weight decay, each clip, EMA in three styles, gradient accumulation, loss
-scaling, a schedule, a zero-argument callable, everything at once) is crossed with every dtype
-(`contract_configs.DTYPES`), and for each pair:
+scaling, a schedule, a zero-argument callable, everything at once, `optadam.loss_scale_optimizer`
+in both styles) is crossed with every dtype (`contract_configs.DTYPES`), and for each pair:
 
 * it converges on a parabola and on the Rosenbrock function (float32 and complex64);
 * the second step does not recompile, and the state's shapes, dtypes and weak types stay the
@@ -346,6 +346,12 @@ def test_complex_with_zero_imaginary_parts_is_the_real_computation(name):
 # --- optax wrappers -----------------------------------------------------------------------------
 
 
+def loss_scales(state: Any) -> list[Any]:
+  """(scale, good_steps) of each `optadam.LossScaleState` in `state` (none without the wrapper)."""
+  is_lso = lambda x: isinstance(x, optadam.LossScaleState)
+  return [(x.scale, x.good_steps) for x in jax.tree.leaves(state, is_leaf=is_lso) if is_lso(x)]
+
+
 @pytest.mark.parametrize("name,dtype", PAIRS)
 def test_inject_hyperparams_gives_same_updates_and_state(name, dtype):
   plain, injected = plain_run(name), injected_run(name)
@@ -356,6 +362,8 @@ def test_inject_hyperparams_gives_same_updates_and_state(name, dtype):
       leaves_of(plain.states[i], dtype),
       f"state {i}",
     )
+    scales = loss_scales(injected.states[i].inner_state), loss_scales(plain.states[i])
+    assert_same_bits(*scales, f"loss scale {i}")
   lr = adam_kwargs(name)["learning_rate"]
   zero_argument = callable(lr) and optadam.hyperparams.takes_no_arguments(lr)
   assert ("learning_rate" in injected.states[0].hyperparams) != zero_argument

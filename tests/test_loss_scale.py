@@ -220,9 +220,10 @@ def test_matches_keras3_stateless_apply(name, report):
 
 def test_keras3_float16_parameters():
   """float16 variables and gradients. Keras 3 divides in float32 and its Adam casts the result to
-  float16; optadam's float16 Adam is not Keras 3's (SPEC §2), so the wrapper is compared with the
-  plain optadam.adam fed Keras 3's unscaled gradients on the finite steps, and the scale, counter
-  and iterations with Keras 3 itself."""
+  float16 (so does the wrapper: its updates are float16); optadam's float16 Adam is not Keras 3's
+  (SPEC §2), so the wrapper is compared with the plain optadam.adam fed Keras 3's unscaled
+  gradients, cast to float16, on the finite steps, and the scale, counter and iterations with
+  Keras 3 itself."""
   adam_kwargs = dict(learning_rate=0.01)
   lso_kwargs = dict(initial_scale=1000.0, dynamic_growth_steps=3)
   raw = [{k: v * 1e-2 for k, v in r.items()} for r in _raw_grads(20, seed=3)]
@@ -235,7 +236,10 @@ def test_keras3_float16_parameters():
   ]
   scales = [1000.0] + [h["scale"] for h in theirs[:-1]]
   unscaled = [
-    {k: jnp.asarray(v.astype(np.float32) / np.float32(sc)) for k, v in g.items()}
+    {
+      k: jnp.asarray((v.astype(np.float32) / np.float32(sc)).astype(np.float16))
+      for k, v in g.items()
+    }
     for s, (g, sc) in enumerate(zip(fed, scales))
     if s not in bad
   ]
@@ -247,7 +251,7 @@ def test_keras3_float16_parameters():
   for s in bad:  # skipped steps: the parameters did not move
     for k in SHAPES:
       np.testing.assert_array_equal(ours[s]["params"][k], ours[s - 1]["params"][k])
-  # keras2 style rounds differently here: g * float16(1/1000) instead of float32(g) / 1000
+  # keras2 style rounds differently here: g * float16(1/1000) instead of float16(float32(g) / 1000)
   k2, _ = run_wrapper(
     optadam.loss_scale_optimizer(optadam.adam(**adam_kwargs), **lso_kwargs),
     _params0(np.float16),
