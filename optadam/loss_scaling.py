@@ -181,7 +181,7 @@ def loss_scale_optimizer(
   and the updates are zeroed, so the wrapper adds one finiteness reduction to Adam's
   kernels (about 1.1x the plain step at 1e7 parameters on CPU; `benchmarks.loss_scale`).
   Any other `inner` (an ``optax.chain``, ``inject_hyperparams``, ``MultiSteps``, ...) runs
-  in the true branch of a ``lax.cond``, which on CPU copies its state in and out (about 3x).
+  in the true branch of a ``lax.cond``, which on CPU copies its state in and out (2.4-3x).
   Both give the same trajectory (to a few float32 ulp: XLA fuses them differently).
 
   The two styles differ in every place where the two Keras versions do (each observed
