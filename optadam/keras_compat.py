@@ -166,13 +166,7 @@ def from_keras_config(config: dict[str, Any], **overrides: Any) -> alias.KerasAd
     class_name = config["class_name"]
     if class_name not in _ADAM_CLASS_NAMES:
       raise ValueError(f"from_keras_config builds Adam only; got class_name={class_name!r}.")
-    extra = set(config) - {"class_name", "config", "module", "registered_name", "build_config"}
-    if extra or not isinstance(config.get("config"), dict):
-      raise ValueError(
-        "A serialized Keras optimizer is {'class_name': 'Adam', 'config': {...}} (with "
-        f"optional 'module' and 'registered_name'); got keys {sorted(config)}."
-      )
-    config = config["config"]
+    config = _unwrap_serialized(config, "Keras optimizer", "Adam")
   unknown = sorted(set(config) - set(KERAS2_KEYS) - set(KERAS3_EXTRA_KEYS))
   if unknown:
     raise ValueError(
@@ -233,16 +227,21 @@ def _loss_scale_config(tx: loss_scaling.LossScaleOptimizer, keras_version: int) 
   }
 
 
+def _unwrap_serialized(config: dict[str, Any], what: str, class_name: str) -> dict[str, Any]:
+  """The ``config`` of Keras's serialized form ``{'class_name': ..., 'config': {...}, ...}``."""
+  extra = set(config) - {"class_name", "config", "module", "registered_name", "build_config"}
+  if extra or not isinstance(config.get("config"), dict):
+    raise ValueError(
+      f"A serialized {what} is {{'class_name': '{class_name}', 'config': {{...}}}} (with "
+      f"optional 'module' and 'registered_name'); got keys {sorted(config)}."
+    )
+  return config["config"]
+
+
 def _loss_scale_from_config(config: dict[str, Any], overrides: dict[str, Any]) -> Any:
   """`optadam.loss_scale_optimizer(from_keras_config(inner))` from a LossScaleOptimizer config."""
   if "class_name" in config:
-    extra = set(config) - {"class_name", "config", "module", "registered_name", "build_config"}
-    if extra or not isinstance(config.get("config"), dict):
-      raise ValueError(
-        "A serialized LossScaleOptimizer is {'class_name': 'LossScaleOptimizer', 'config': "
-        f"{{...}}}} (with optional 'module' and 'registered_name'); got keys {sorted(config)}."
-      )
-    config = config["config"]
+    config = _unwrap_serialized(config, "LossScaleOptimizer", "LossScaleOptimizer")
   config = dict(config)
   if not config.pop("dynamic", True):
     raise ValueError(

@@ -82,3 +82,13 @@ def worst_ulps(a: Sequence[dict[str, np.ndarray]], b: Sequence[dict[str, np.ndar
       diff = np.max(np.abs(np.asarray(sa[k], np.float64) - ref), initial=0.0)
       worst = max(worst, diff / ulp)
   return worst
+
+
+def checkpoint_keys(checkpointer: Any, path: str) -> set[str]:
+  """The "/"-joined key paths of the tree an Orbax checkpointer saved at `path`."""
+  meta = checkpointer.metadata(path)
+  tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta  # older orbax: it
+  return {
+    jax.tree_util.keystr(p, simple=True, separator="/")
+    for p, _ in jax.tree_util.tree_leaves_with_path(tree)
+  }

@@ -42,6 +42,7 @@ from dist_common import (
   worst_relative,
 )
 import dist_common
+from helpers import checkpoint_keys
 
 TOL = 1e-6
 _REFERENCE = {}
@@ -347,12 +348,7 @@ def scenario_orbax_sharded():
     state = uninterrupted[-1]
 
     # Key paths in the checkpoint read like the state: opt_state/adam/mu/...
-    meta = ocp.StandardCheckpointer().metadata(path)
-    tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
-    keys = {
-      jax.tree_util.keystr(p, simple=True, separator="/")
-      for p, _ in jax.tree_util.tree_leaves_with_path(tree)
-    }
+    keys = checkpoint_keys(ocp.StandardCheckpointer(), path)
     for k in (
       "opt_state/adam/mu/Dense_0/kernel",
       "opt_state/adam/nu/LayerNorm_0/scale",

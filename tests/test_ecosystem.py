@@ -17,6 +17,7 @@ from flax import nnx
 from flax.training import train_state
 
 import optadam
+from helpers import checkpoint_keys
 from optadam import _tree
 from reference import reference_adam
 
@@ -250,12 +251,7 @@ def test_orbax_trainstate_checkpoint_resume_bitwise(tmp_path):
     state = step(state, x, y)
     uninterrupted.append(state)
   with ocp.StandardCheckpointer() as ckptr:
-    meta = ckptr.metadata(path)
-    tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
-    keys = {
-      jax.tree_util.keystr(p, simple=True, separator="/")
-      for p, _ in jax.tree_util.tree_leaves_with_path(tree)
-    }
+    keys = checkpoint_keys(ckptr, path)
     assert {
       "step",
       "params/Dense_0/kernel",

@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import optadam
-from helpers import run_optadam, worst_relative, worst_ulps
+from helpers import checkpoint_keys, run_optadam, worst_relative, worst_ulps
 
 SHAPES = {"dense/kernel": (4, 3), "dense/bias": (3,)}
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
@@ -765,12 +765,7 @@ def test_orbax_resume_is_bitwise(tmp_path):
     params, state = step(params, state, {k: jnp.asarray(v) for k, v in g.items()})
     uninterrupted.append((params, state))
   with ocp.StandardCheckpointer() as ckptr:
-    meta = ckptr.metadata(path)
-    tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
-    keys = {
-      jax.tree_util.keystr(p, simple=True, separator="/")
-      for p, _ in jax.tree_util.tree_leaves_with_path(tree)
-    }
+    keys = checkpoint_keys(ckptr, path)
     assert {"opt_state/scale", "opt_state/good_steps", "opt_state/inner/adam/count"} <= keys
     fresh = {"params": params, "opt_state": tx.init(params)}
     restored = ckptr.restore(path, jax.tree.map(ocp.utils.to_shape_dtype_struct, fresh))

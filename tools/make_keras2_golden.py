@@ -1025,6 +1025,18 @@ def compare_modes(names):
     sys.stdout.flush()
 
 
+def scenario_names(ap, args, scenarios, prefix="", width=36):
+  """The scenarios `--only` names (default: all); `--list` prints them. Unknown ones: an error."""
+  names = args.only or list(scenarios)
+  unknown = [n for n in names if n not in scenarios]
+  if unknown:
+    ap.error(f"unknown scenarios: {unknown}")
+  if args.list:
+    for n in names:
+      print(f"{prefix + n:{width}s} {scenarios[n].description}")
+  return names
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument(
@@ -1040,13 +1052,8 @@ def main(argv=None):
   )
   args = ap.parse_args(argv)
 
-  names = args.only or list(SCENARIOS)
-  unknown = [n for n in names if n not in SCENARIOS]
-  if unknown:
-    ap.error(f"unknown scenarios: {unknown}")
+  names = scenario_names(ap, args, SCENARIOS)
   if args.list:
-    for n in names:
-      print(f"{n:36s} {SCENARIOS[n].description}")
     return 0
   if args.compare_modes:
     compare_modes(names)

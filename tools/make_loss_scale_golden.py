@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_keras2_golden import _jsonable, _store  # the golden tool's own helpers
+from make_keras2_golden import _jsonable, _store, scenario_names  # the golden tool's helpers
 
 PREFIX = "loss_scale_"
 K_STEPS = 10
@@ -306,13 +306,8 @@ def main(argv: Optional[list] = None) -> int:
   ap.add_argument("--only", nargs="*", help="scenario names without the prefix (default: all)")
   ap.add_argument("--list", action="store_true", help="list scenarios and exit")
   args = ap.parse_args(argv)
-  names = args.only or list(SCENARIOS)
-  unknown = [n for n in names if n not in SCENARIOS]
-  if unknown:
-    ap.error(f"unknown scenarios: {unknown}")
+  names = scenario_names(ap, args, SCENARIOS, prefix=PREFIX, width=44)
   if args.list:
-    for n in names:
-      print(f"{PREFIX + n:44s} {SCENARIOS[n].description}")
     return 0
   import tensorflow as tf
 
