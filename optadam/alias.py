@@ -300,13 +300,14 @@ def adam(
       parameters with at most this many elements that are not sharded across
       devices are packed, per dtype and weight-decay mask value, into flat 1-D
       buffers, and the Adam step, learning rate, weight decay and EMA run on
-      those buffers (`optadam.grouping.group_leaves`): the same numbers, in a
+      those buffers (`optadam.grouping.group_leaves`): the same update, in a
       fraction of the kernels on many-leaf trees (compile time, dispatch).
-      Clipping stays per tensor. A few thousand elements (e.g. 4096) groups the
-      biases, norm scales and small kernels while large kernels stay leaves.
-      Bit-identical to the ungrouped step in most configurations, within a few
-      ulp where XLA:CPU fuses a multiply-add differently (see
-      `optadam.grouping`). The state then holds `optadam.LeafGroups`
+      ``clipnorm`` stays per tensor (each tensor's norm is summed from the
+      packed buffer). A few thousand elements (e.g. 4096) groups the biases,
+      norm scales and small kernels while large kernels stay leaves.
+      Bit-identical to the ungrouped step in most configurations; within an ulp
+      or a few where XLA:CPU fuses a multiply-add differently or a clipping
+      norm is summed in another order (see `optadam.grouping`). The state then holds `optadam.LeafGroups`
       where it would hold params-shaped trees; `optadam.ungroup_state` gives
       it per parameter path. Not with ``ema_style="keras3"``; sparse gradients
       only on leaves above the threshold.

@@ -14,13 +14,20 @@ one per leaf. Large leaves, and leaves sharded across devices, stay as they are.
 Numbers: every transform wrapped here is elementwise given its scalars (the step
 count, the learning rate, the bias correction of one dtype), so an element of a
 packed buffer is computed by the same operations, in the same order and dtype,
-as the element of its own leaf; the norms of ``clipnorm`` / ``global_clipnorm``
-are reduced from the original leaves. One caveat: XLA:CPU contracts ``a*b + c``
-into a fused multiply-add when both sit in one kernel, and packing can move a
-product into another kernel. Measured (tests/test_grouping.py): bit-identical
-parameters and state for the defaults, amsgrad, clipvalue + schedule + mask,
-global_clipnorm + EMA, gradient accumulation, bfloat16 with float32 moments;
-within 1-4 ulp of each tensor's scale with clipnorm + weight decay, EMA with
+as the element of its own leaf. Two exceptions:
+
+* the norms of ``clipnorm`` (each tensor's) and ``global_clipnorm`` are summed
+  from the packed buffers (`segment_sums_of_squares`: row sums and a segment
+  sum, a few kernels per group instead of one to three per leaf), in another
+  order than a reduction over each leaf, so a clip factor can differ in its
+  last bit;
+* XLA:CPU contracts ``a*b + c`` into a fused multiply-add when both sit in one
+  kernel, and packing can move a product into another kernel.
+
+Measured (tests/test_grouping.py): bit-identical parameters and state for the
+defaults, amsgrad, clipvalue + schedule + mask, gradient accumulation, bfloat16
+with float32 moments; within 1 ulp of each tensor's scale (parameters) and 5
+(moments, EMA) with clipnorm + weight decay, global_clipnorm + EMA, EMA with
 overwrite, and a sparse large leaf. This is why the mode is opt-in.
 
 The state layout: every parameter-shaped part of the wrapped state is a
@@ -55,6 +62,11 @@ __all__ = ["LeafGroups", "group_leaves", "regroup_state", "ungroup_state"]
 # At most this many leaves per group: bounds the operand list of each packed kernel (one per
 # member). Not tuned: on 100 leaves, everything on, a bound of 16 gave ~9% more kernels than none.
 MAX_MEMBERS = 32
+
+# Rows of the segmented norm (`segment_sums_of_squares`): a group's buffer is read as rows of
+# this many elements; with clipnorm, leaves smaller than this are grouped apart, so that a row
+# of a group of larger leaves holds elements of at most two of them.
+ROW = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,8 +153,13 @@ def _sharded(leaf: Any) -> bool:
   return len(sharding.device_set) > 1 and not sharding.is_fully_replicated
 
 
-def make_layout(params: Any, max_size: int, decay_mask: Optional[Any] = None) -> Layout:
-  """Groups the leaves of `params` with at most `max_size` elements (see `group_leaves`)."""
+def make_layout(
+  params: Any, max_size: int, decay_mask: Optional[Any] = None, *, rows: bool = False
+) -> Layout:
+  """Groups the leaves of `params` with at most `max_size` elements (see `group_leaves`).
+
+  With `rows` (clipnorm), leaves of fewer than `ROW` elements form groups of their own.
+  """
   leaves, treedef = jax.tree.flatten(params)
   decay: tuple[Optional[bool], ...]
   if decay_mask is None:
@@ -150,7 +167,7 @@ def make_layout(params: Any, max_size: int, decay_mask: Optional[Any] = None) ->
   else:
     mask = decay_mask(params) if callable(decay_mask) else decay_mask
     decay = tuple(bool(m) for m in treedef.flatten_up_to(mask))
-  buckets: dict[tuple[str, Optional[bool]], list[int]] = {}
+  buckets: dict[tuple[str, Optional[bool], bool], list[int]] = {}
   for i, leaf in enumerate(leaves):
     shape = tuple(np.shape(leaf))
     dtype = jnp.asarray(leaf).dtype if not hasattr(leaf, "dtype") else leaf.dtype
@@ -159,13 +176,14 @@ def make_layout(params: Any, max_size: int, decay_mask: Optional[Any] = None) ->
       and jnp.issubdtype(dtype, jnp.floating)
       and not _sharded(leaf)
     ):
-      buckets.setdefault((str(np.dtype(dtype)), decay[i]), []).append(i)
+      tiny = rows and int(np.prod(shape)) < ROW
+      buckets.setdefault((str(np.dtype(dtype)), decay[i], tiny), []).append(i)
   groups = []
   chunks = []
   for key, indices in buckets.items():
     for start in range(0, len(indices), MAX_MEMBERS):
       chunks.append((key, indices[start : start + MAX_MEMBERS]))
-  for (dtype, dec), indices in chunks:
+  for (dtype, dec, _), indices in chunks:
     if len(indices) < 2:
       continue  # a group of one saves nothing
     members, offset = [], 0
@@ -262,6 +280,80 @@ def regroup_state(per_path_state: Any, like: Any) -> Any:
   return jax.tree.map(pack, like, per_path_state, is_leaf=_is_groups)
 
 
+def _row_plan(group: _Group) -> tuple[int, int, np.ndarray, np.ndarray]:
+  """(r, rows, first, split): the buffer's first ``rows * r`` elements as rows of ``r``.
+
+  ``r`` is the largest power of two <= min(`ROW`, the smallest member), so that a row
+  holds elements of one member or of two consecutive ones: ``first[i]`` is the member
+  of row i's first element and ``split[i]`` how many of its elements belong to it. The
+  ``n - rows * r < r`` elements left over belong to the last member.
+  """
+  r = 1
+  while 2 * r <= min(ROW, min(m.size for m in group.members)):
+    r *= 2
+  rows = group.size // r
+  starts = np.arange(rows, dtype=np.int64) * r
+  ends = np.asarray([m.offset + m.size for m in group.members], np.int64)
+  first = np.searchsorted(ends, starts, side="right")
+  split = np.minimum(ends[first] - starts, r)
+  return r, rows, first.astype(np.int32), split.astype(np.int32)
+
+
+def segment_sums_of_squares(group: _Group, flat: jax.Array) -> jax.Array:
+  """``sum(g**2)`` of every member of `group`, from its packed buffer `flat` (at least float32).
+
+  One reduction over the ``(rows, r)`` view of the buffer gives the row sums; the
+  few rows where one member ends and the next begins are summed again in two halves;
+  a segment sum over the rows adds them up per member: a few kernels per group instead
+  of one or more per leaf, and one pass over the gradients. The summation order differs
+  from a reduction over each leaf, so a norm can differ from the per-leaf one in its
+  last bit.
+  """
+  r, rows, first, split = _row_plan(group)
+  count = len(group.members)
+  sq = jnp.square(flat.astype(jnp.promote_types(flat.dtype, jnp.float32)))
+  main = sq[: rows * r].reshape(rows, r)
+  boundary = np.nonzero(split < r)[0]  # rows shared by two members
+  ids = first.copy()
+  ids[boundary] = count  # a segment that is dropped: those rows are counted in halves below
+  values, segments = [jnp.sum(main, axis=1)], [ids]
+  if boundary.size:
+    shared = main[boundary]
+    in_first = (
+      jax.lax.broadcasted_iota(jnp.int32, shared.shape, 1) < jnp.asarray(split[boundary])[:, None]
+    )
+    zero = jnp.zeros((), sq.dtype)  # where, not a product: an inf stays in its own member
+    values += [
+      jnp.sum(jnp.where(in_first, shared, zero), axis=1),
+      jnp.sum(jnp.where(in_first, zero, shared), axis=1),
+    ]
+    segments += [first[boundary], first[boundary] + 1]
+  sums = jax.ops.segment_sum(
+    jnp.concatenate(values), np.concatenate(segments).astype(np.int32), count + 1
+  )[:count]
+  if rows * r < group.size:
+    sums = sums.at[count - 1].add(jnp.sum(sq[rows * r :]))
+  return sums
+
+
+def per_element(group: _Group, per_member: jax.Array) -> jax.Array:
+  """A value per member of `group`, spread over its elements: a ``(group.size,)`` array.
+
+  Built from the rows of `_row_plan` (a gather of one or two values per row, no
+  per-element index array), so that it fuses into the kernel that reads it.
+  """
+  r, rows, first, split = _row_plan(group)
+  count = len(group.members)
+  in_first = jax.lax.broadcasted_iota(jnp.int32, (rows, r), 1) < jnp.asarray(split)[:, None]
+  second = np.minimum(first + 1, count - 1)
+  pair = per_member[np.stack([first, second], axis=1)]  # one gather: (rows, 2)
+  out = jnp.where(in_first, pair[:, :1], pair[:, 1:]).reshape(-1)
+  if rows * r < group.size:
+    last = jnp.broadcast_to(per_member[count - 1], (group.size - rows * r,))
+    out = jnp.concatenate([out, last])
+  return out
+
+
 def decay_mask(params: Any) -> Any:
   """The weight-decay mask of a packed params tree: its layout's mask values (`optax.masked`)."""
   if not _is_groups(params):  # tx.init on a placeholder (optax.tree_map_params, state_shardings)
@@ -320,20 +412,23 @@ def group_leaves(
     max_size: leaves with at most this many elements are grouped.
     decay_mask_fn: the weight-decay mask of the ORIGINAL parameters (a pytree of
       bools or a callable), so that groups never mix decayed and excluded leaves.
-    clipnorm: Keras's per-tensor ``clipnorm``, applied first: each leaf's norm is
-      reduced from the leaf itself (as `optadam.clip_by_tensor_norm` does) and the
-      clip ``(g * clipnorm) / max(norm, clipnorm)`` runs on the packed buffer
-      with each element's own norm (the same operations, so the same bits,
-      without a kernel per leaf for the scaling).
+    clipnorm: Keras's per-tensor ``clipnorm``, applied first: each grouped leaf's
+      norm is summed from the packed buffer (`segment_sums_of_squares`; leaves of
+      fewer than `ROW` elements are then grouped apart), and the clip
+      ``(g * clipnorm) / max(norm, clipnorm)`` runs on the packed buffer with each
+      element's own norm (`per_element`). The other leaves are clipped as
+      `optadam.clip_by_tensor_norm` does.
     global_clipnorm: Keras's ``global_clipnorm``, applied first: the global norm
-      is reduced from the original leaves (as `optadam.clip_by_keras_global_norm`
-      does) and the packed buffers are scaled in place of their leaves.
+      is summed from the packed buffers and the other leaves, and the factor of
+      `optadam.clip_by_keras_global_norm` scales the packed buffers in place of
+      their leaves.
 
   Numerics: XLA:CPU contracts ``a * b + c`` into one fused multiply-add when
   both sit in one kernel, so a value can round differently when the packing
-  moves a product into another kernel. The scalings above run packed so that
-  their products fuse as they do per leaf; the tests pin parameters and state
-  bit for bit for the configurations where that holds and bound the rest.
+  moves a product into another kernel; and the norms above are summed in another
+  order than per leaf. The tests pin parameters and state bit for bit for the
+  configurations without a norm where that holds and bound the rest (module
+  docstring).
 
   Returns:
     An `optax.GradientTransformationExtraArgs` whose state is ``inner``'s, over
@@ -344,7 +439,7 @@ def group_leaves(
   def init_fn(params):
     if not jax.tree.leaves(params):  # a placeholder (optax.tree_map_params, state_shardings)
       return inner.init(params)
-    layout = make_layout(params, max_size, decay_mask_fn)
+    layout = make_layout(params, max_size, decay_mask_fn, rows=clipnorm is not None)
     return inner.init(_pack(layout, layout.treedef.flatten_up_to(params), fill=None))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -363,19 +458,24 @@ def group_leaves(
             f"{max_size} elements) but its gradient is sparse; raise the grouping threshold "
             "below its size or densify the gradient."
           )
-    norms = None
-    if clipnorm is not None:
-      norms = [None if g is None else jnp.sqrt(clipping._sum_of_squares(g)) for g in g_leaves]
-      rest_clip = clipping.clip_by_tensor_norm(clipnorm)
+    rest_clip = clipping.clip_by_tensor_norm(clipnorm) if clipnorm is not None else None
+    if rest_clip is not None:  # the leaves that are not grouped: clipped as they are
       rest = [None if i in layout.grouped else g for i, g in enumerate(g_leaves)]
       rest, _ = rest_clip.update(layout.treedef.unflatten(rest), optax.EmptyState())
       rest = layout.treedef.flatten_up_to(rest)
       g_leaves = [g if i in layout.grouped else rest[i] for i, g in enumerate(g_leaves)]
-    global_scale = None
+    packed_g = _pack(layout, g_leaves, fill=None)
     if global_clipnorm is not None:
-      present = [g for g in g_leaves if g is not None]
-      if present:
-        norm = jnp.sqrt(jnp.sum(jnp.stack([clipping._sum_of_squares(g) for g in present])))
+      # Keras's global norm: per-group sums of squares of the packed buffers, per-leaf ones
+      # of the others (one reduction per group, not per leaf).
+      sums = [clipping._sum_of_squares(flat) for flat in packed_g.groups if flat is not None]
+      sums += [
+        clipping._sum_of_squares(g)
+        for i, g in enumerate(g_leaves)
+        if g is not None and i not in layout.grouped
+      ]
+      if sums:
+        norm = jnp.sqrt(jnp.sum(jnp.stack(sums)))
         global_scale = global_clipnorm * jnp.minimum(1.0 / norm, 1.0 / global_clipnorm)
         global_scale = global_scale + (norm - norm)  # NaN when the norm is not finite (Keras)
 
@@ -386,30 +486,26 @@ def group_leaves(
         g_leaves = [
           g if (g is None or i in layout.grouped) else scale_leaf(g) for i, g in enumerate(g_leaves)
         ]
-    packed_g = _pack(layout, g_leaves, fill=None)
-    if global_scale is not None:
-      packed_g = LeafGroups(
-        tuple(
-          None if flat is None else flat * global_scale.astype(flat.dtype)
-          for flat in packed_g.groups
-        ),
-        packed_g.leaves,
-        layout,
-      )
-    if norms is not None:
+        packed_g = LeafGroups(
+          tuple(
+            None if flat is None else flat * global_scale.astype(flat.dtype)
+            for flat in packed_g.groups
+          ),
+          layout.treedef.unflatten(
+            [None if i in layout.grouped else g for i, g in enumerate(g_leaves)]
+          ),
+          layout,
+        )
+    if clipnorm is not None:
       groups: list[Any] = []
       for group, flat in zip(layout.groups, packed_g.groups):
         if flat is None:
           groups.append(None)
           continue
-        zero = jnp.zeros([], jnp.float32)
-        member_norms = jnp.stack([_or(norms[m.index], zero) for m in group.members])
-        segment = np.repeat(
-          np.arange(len(group.members), dtype=np.int32), [m.size for m in group.members]
-        )
+        # Each member's norm from the packed buffer (segmented), its clip elementwise.
         dtype = jnp.promote_types(flat.dtype, jnp.float32)
-        norm = member_norms.astype(dtype)[segment]
-        clipped = (flat.astype(dtype) * clipnorm) / jnp.maximum(norm, clipnorm)  # type: ignore[arg-type]
+        norm = per_element(group, jnp.sqrt(segment_sums_of_squares(group, flat)).astype(dtype))
+        clipped = (flat.astype(dtype) * clipnorm) / jnp.maximum(norm, clipnorm)
         groups.append(clipped.astype(flat.dtype))
       packed_g = LeafGroups(tuple(groups), packed_g.leaves, layout)
     packed_p = None
