@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/python -m optadam.demo
 
+# Two pytest-xdist workers, a test file each at a time (module fixtures stay in one process).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # ruff (rules and format) over the tree, mypy over optadam/ (both configured in pyproject.toml).
 lint: $(STAMP)

@@ -111,11 +111,12 @@ def _clip_transform(
 
 def _keyed_chain(
   transforms: AdamState, group: Optional[Any] = None
-) -> optax.GradientTransformationExtraArgs:
+) -> tuple[optax.GradientTransformationExtraArgs, Optional[Any]]:
   """`optax.chain` of the transforms, its state an `AdamState` (keyed by name, not position).
 
   With `group` (``(max_size, decay_mask_fn, clipnorm, global_clipnorm)``), the elementwise
-  part of the chain (adam .. ema) runs on packed small leaves (`optadam.grouping.group_leaves`).
+  part of the chain (adam .. ema) runs on packed small leaves (`optadam.grouping.group_leaves`),
+  and the second result is its ``layout_of`` (else None).
   """
   if group is None:
     chain = optax.chain(*transforms)
@@ -127,7 +128,7 @@ def _keyed_chain(
       updates, state = chain.update(updates, tuple(state), params, **extra_args)
       return updates, AdamState(*state)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn), None
 
   max_size, decay_mask_fn, clipnorm, global_clipnorm = group
   # Norms are reduced from the original leaves; the clip's scaling runs on the packed buffers.
@@ -149,7 +150,7 @@ def _keyed_chain(
     updates, tail_state = tail.update(updates, tuple(state[2:]), params, **extra_args)
     return updates, AdamState(*head_state, *tail_state)
 
-  return optax.GradientTransformationExtraArgs(grouped_init, grouped_update)
+  return optax.GradientTransformationExtraArgs(grouped_init, grouped_update), tail.layout_of
 
 
 def _decay_mask_fn(patterns: Optional[Sequence[str]], mask: Optional[Any]) -> Optional[Any]:
@@ -307,10 +308,14 @@ def adam(
       norm scales and small kernels while large kernels stay leaves.
       Bit-identical to the ungrouped step in most configurations; within an ulp
       or a few where XLA:CPU fuses a multiply-add differently or a clipping
-      norm is summed in another order (see `optadam.grouping`). The state then holds `optadam.LeafGroups`
-      where it would hold params-shaped trees; `optadam.ungroup_state` gives
-      it per parameter path. Not with ``ema_style="keras3"``; sparse gradients
-      only on leaves above the threshold.
+      norm is summed in another order (see `optadam.grouping`). The state then
+      holds `optadam.LeafGroups` where it would hold params-shaped trees;
+      `optadam.ungroup_state` gives it per parameter path. Leaves sharded
+      across devices are never grouped: with sharded small leaves, build the
+      state (or `optadam.state_shardings`) from the sharded arrays or
+      ShapeDtypeStructs before a traced ``init`` (see `optadam.grouping`). Not
+      with ``ema_style="keras3"``; sparse gradients only on leaves above the
+      threshold.
     **kwargs: Keras's legacy keywords: ``lr``, ``decay``,
       ``gradient_aggregator``, ``gradient_transformers`` raise ValueError;
       ``is_legacy_optimizer`` and ``mesh`` are accepted and ignored.
@@ -401,7 +406,7 @@ def adam(
       clipnorm if _is_set(clipnorm) else None,
       global_clipnorm if _is_set(global_clipnorm) else None,
     )
-  named = _keyed_chain(transforms, group)
+  named, layout_of = _keyed_chain(transforms, group)
   if gradient_accumulation_steps:
     named = keras3.accumulate_gradients(gradient_accumulation_steps, named)
   needs_params = weight_decay is not None or use_ema
@@ -462,4 +467,5 @@ def adam(
     gradient_accumulation_steps=gradient_accumulation_steps,
   )
   tx.group_small_leaves = group_small_leaves
+  tx.group_layout = layout_of  # optadam.state_shardings decides the layout from shardings
   return tx

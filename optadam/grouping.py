@@ -146,9 +146,19 @@ def _is_groups(x: Any) -> bool:
 
 
 def _sharded(leaf: Any) -> bool:
-  """True when `leaf` is known to be split across devices (never grouped)."""
+  """True when `leaf` is known to be split across devices (never grouped).
+
+  Arrays and ``jax.ShapeDtypeStruct``s tell by their sharding; a tracer only in
+  explicit-sharding mode (its type's spec names a mesh axis).
+  """
+  if isinstance(leaf, jax.core.Tracer):
+    try:
+      spec = jax.typeof(leaf).sharding.spec
+    except (AttributeError, TypeError, ValueError):
+      return False
+    return any(axis is not None for axis in spec)
   sharding = getattr(leaf, "sharding", None)
-  if sharding is None or isinstance(leaf, jax.core.Tracer):
+  if sharding is None:
     return False
   return len(sharding.device_set) > 1 and not sharding.is_fully_replicated
 
@@ -403,9 +413,14 @@ def group_leaves(
   on leaves that are not grouped (larger than `max_size`); on a grouped leaf
   they raise TypeError.
 
-  The layout is decided from the parameters at ``init`` (their shapes, dtypes,
-  shardings when they are concrete arrays) and stored in the state as static
-  metadata; ``update`` reads it from the state.
+  The layout is decided from the parameters at ``init`` (their shapes, dtypes and
+  shardings) and stored in the state as static metadata; ``update`` reads it from
+  the state. Under a trace (``jax.jit(tx.init)``, ``jax.eval_shape``) the
+  parameters show no sharding (except in explicit-sharding mode), so a traced
+  ``init`` reuses the layout of an earlier ``init`` of the same tree of arrays or
+  ShapeDtypeStructs (`optadam.state_shardings` makes one), and otherwise decides
+  from shapes and dtypes alone: with small leaves sharded across devices, build
+  the state (or its shardings) from the sharded arrays or ShapeDtypeStructs first.
 
   Args:
     inner: the elementwise transformation (e.g. an ``optax.chain``).
@@ -436,10 +451,29 @@ def group_leaves(
   """
   inner = optax.with_extra_args_support(inner)
 
+  # Layouts decided from arrays or ShapeDtypeStructs (which show their shardings), by tree
+  # structure, shapes and dtypes: a traced init (jit, eval_shape) of the same tree, which sees
+  # no sharding in Auto mode, reuses them, so that every way of building the state agrees.
+  seen: dict[Any, Layout] = {}
+
+  def layout_of(params):
+    leaves = jax.tree.leaves(params)
+    key = (
+      jax.tree.structure(params),
+      tuple((tuple(np.shape(x)), str(np.dtype(x.dtype))) for x in leaves),
+    )
+    traced = any(isinstance(x, jax.core.Tracer) for x in leaves)
+    layout = seen.get(key) if traced else None
+    if layout is None:
+      layout = make_layout(params, max_size, decay_mask_fn, rows=clipnorm is not None)
+      if not traced:
+        seen[key] = layout
+    return layout
+
   def init_fn(params):
     if not jax.tree.leaves(params):  # a placeholder (optax.tree_map_params, state_shardings)
       return inner.init(params)
-    layout = make_layout(params, max_size, decay_mask_fn, rows=clipnorm is not None)
+    layout = layout_of(params)
     return inner.init(_pack(layout, layout.treedef.flatten_up_to(params), fill=None))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -536,4 +570,10 @@ def group_leaves(
     u_leaves = [None if g is None else u for g, u in zip(g_leaves, u_leaves)]
     return layout.treedef.unflatten(u_leaves), new_state
 
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  tx = _GroupedTransformation(init_fn, update_fn)
+  tx.layout_of = layout_of
+  return tx
+
+
+class _GroupedTransformation(optax.GradientTransformationExtraArgs):
+  """`group_leaves`'s transformation; ``layout_of(params)`` decides (and remembers) a layout."""

@@ -28,6 +28,18 @@ def report():
   return add
 
 
+# Under pytest-xdist (`make test` runs `-n 2`), each worker sends its lines to the controller.
+def pytest_sessionfinish(session):
+  workeroutput = getattr(session.config, "workeroutput", None)
+  if workeroutput is not None:
+    workeroutput["optadam_report"] = dict(_REPORT)
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: without xdist (make test-min) never called
+def pytest_testnodedown(node, error):
+  _REPORT.update(getattr(node, "workeroutput", {}).get("optadam_report", {}))
+
+
 def pytest_terminal_summary(terminalreporter):
   if _REPORT:
     terminalreporter.section("optadam parity report (worst error per configuration)")

@@ -106,6 +106,17 @@ def test_orbax_sharded_checkpoint_resume_is_bitwise(worker_results):
   _check(worker_results, "orbax_sharded")
 
 
+def test_grouped_small_leaves_on_a_mesh(worker_results, report):
+  """group_small_leaves: sharded small leaves stay out, no collective added, same trajectory."""
+  info = _check(worker_results, "grouped_mesh2x4", report)
+  assert info["small_sharded_leaves"] >= 1
+  assert info["no_norm"]["collectives"] == [0, 0]
+  n_grouped, n_plain = info["clipnorm"]["collectives"]
+  assert n_grouped <= n_plain
+  assert info["no_norm"]["worst_relative"] <= 1e-6
+  assert info["clipnorm"]["worst_relative"] <= 1e-6
+
+
 # --- optadam.state_shardings on one device ------------------------------------------------
 
 MESH = AbstractMesh((2, 4), ("data", "model"))
