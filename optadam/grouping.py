@@ -460,7 +460,10 @@ def group_leaves(
     leaves = jax.tree.leaves(params)
     key = (
       jax.tree.structure(params),
-      tuple((tuple(np.shape(x)), str(np.dtype(x.dtype))) for x in leaves),
+      tuple(
+        (tuple(np.shape(x)), str(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype))
+        for x in leaves
+      ),
     )
     traced = any(isinstance(x, jax.core.Tracer) for x in leaves)
     layout = seen.get(key) if traced else None
