@@ -131,7 +131,7 @@ def _keyed_chain(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn), None
 
   max_size, decay_mask_fn, clipnorm, global_clipnorm = group
-  # Norms are reduced from the original leaves; the clip's scaling runs on the packed buffers.
+  # group_leaves clips: norms and scaling on the packed buffers, the other leaves as they are.
   packed_clip = clipnorm or global_clipnorm
   head = optax.chain(transforms.loss_scale, optax.identity() if packed_clip else transforms.clip)
   tail = grouping.group_leaves(

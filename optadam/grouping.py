@@ -180,9 +180,10 @@ def make_layout(
   buckets: dict[tuple[str, Optional[bool], bool], list[int]] = {}
   for i, leaf in enumerate(leaves):
     shape = tuple(np.shape(leaf))
-    dtype = jnp.asarray(leaf).dtype if not hasattr(leaf, "dtype") else leaf.dtype
+    dtype = getattr(leaf, "dtype", None)  # a Python scalar stays a leaf of its own
     if (
-      0 < int(np.prod(shape)) <= max_size
+      dtype is not None
+      and 0 < int(np.prod(shape)) <= max_size
       and jnp.issubdtype(dtype, jnp.floating)
       and not _sharded(leaf)
     ):

@@ -443,3 +443,22 @@ def test_clipnorm_groups_tiny_leaves_apart():
   assert sorted(grouped_sizes) == [[5, 7, 20], [40, 64, 100]]
   plain = grouping.make_layout(params, max_size=10_000)
   assert [sorted(m.size for m in g.members) for g in plain.groups] == [sorted(sizes)]
+
+
+def test_traced_init_reuses_the_layout_of_an_eager_one():
+  """jit(init) and eval_shape(init) build the layout an init on arrays built (same tree).
+
+  On one device nothing is sharded, so the layouts agree anyway; the memo is what keeps them
+  equal on a mesh, where a traced init sees no shardings (tests/test_sharding.py, 2x4 mesh).
+  """
+  params = jax.tree.map(jnp.asarray, make_params())
+  tx = optadam.adam(clipnorm=1.0, use_ema=True, group_small_leaves=THRESHOLD)
+  traced_first = jax.eval_shape(tx.init, params)  # nothing remembered yet: shapes and dtypes
+  eager = tx.init(params)
+  assert jax.tree.structure(traced_first) == jax.tree.structure(eager)
+  assert_bitwise(jax.jit(tx.init)(params), eager)
+  assert jax.tree.structure(jax.eval_shape(tx.init, params)) == jax.tree.structure(eager)
+  # Python scalars and NumPy leaves are fine too (their dtype is read without tracing).
+  mixed = {"a": np.ones(3, np.float32), "b": np.zeros(5, np.float32), "c": 0.5}
+  state = optadam.adam(group_small_leaves=8).init(mixed)
+  assert len(state.adam.mu.groups) == 1
