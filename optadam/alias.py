@@ -132,7 +132,7 @@ def _keyed_chain(
 
   max_size, decay_mask_fn, clipnorm, global_clipnorm = group
   # group_leaves clips: norms and scaling on the packed buffers, the other leaves as they are.
-  packed_clip = clipnorm or global_clipnorm
+  packed_clip = clipnorm is not None or global_clipnorm is not None  # may be traced arrays
   head = optax.chain(transforms.loss_scale, optax.identity() if packed_clip else transforms.clip)
   tail = grouping.group_leaves(
     optax.chain(*transforms[2:]),
@@ -172,9 +172,15 @@ def _check_group_small_leaves(value: Any, ema_style: str, use_ema: bool) -> None
   if value is None:
     return
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    hint = (
+      " It shapes the state, so it cannot be a hyperparameter array: with "
+      "optax.inject_hyperparams, pass static_args=('group_small_leaves',)."
+      if isinstance(value, (jax.Array, np.ndarray))
+      else ""
+    )
     raise ValueError(
       "`group_small_leaves` must be None (off) or an int >= 1 (the largest number of "
-      f"elements of a grouped leaf); got {hyperparams.describe(value)}."
+      f"elements of a grouped leaf); got {hyperparams.describe(value)}.{hint}"
     )
   if use_ema and ema_style == "keras3":
     raise ValueError(

@@ -20,9 +20,15 @@ def check_accumulation_steps(gradient_accumulation_steps: Any) -> None:
   if k is None:
     return
   if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+    hint = (
+      " It shapes the state, so it cannot be a hyperparameter array: with "
+      "optax.inject_hyperparams, pass static_args=('gradient_accumulation_steps',)."
+      if isinstance(k, (jax.Array, np.ndarray))
+      else ""
+    )
     raise ValueError(
       "`gradient_accumulation_steps` must be None or an int >= 2 (Keras 3); got "
-      f"{hyperparams.describe(k)}."
+      f"{hyperparams.describe(k)}.{hint}"
     )
 
 

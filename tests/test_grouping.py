@@ -462,3 +462,51 @@ def test_traced_init_reuses_the_layout_of_an_eager_one():
   mixed = {"a": np.ones(3, np.float32), "b": np.zeros(5, np.float32), "c": 0.5}
   state = optadam.adam(group_small_leaves=8).init(mixed)
   assert len(state.adam.mu.groups) == 1
+
+
+def test_inject_hyperparams_multisteps_and_vmap():
+  """Grouped under optax.inject_hyperparams (clipnorm injected: traced), MultiSteps and vmap.
+
+  `group_small_leaves` shapes the state, so it is a static argument of inject_hyperparams
+  (an array is refused with a message saying so).
+  """
+  params = jax.tree.map(jnp.asarray, make_params())
+  grads = [jax.tree.map(jnp.asarray, g) for g in make_grads(params, 3)]
+  kw = dict(amsgrad=True, weight_decay=0.01, clipnorm=0.5, use_ema=True)
+  static = ("group_small_leaves", "ema_overwrite_frequency")
+
+  def injected(**extra):
+    return optax.inject_hyperparams(optadam.adam, static_args=static)(
+      learning_rate=1e-2, **kw, ema_overwrite_frequency=2, **extra
+    )
+
+  outs = []
+  for tx in (injected(group_small_leaves=THRESHOLD), injected()):
+    state, us = tx.init(params), []
+    for g in grads:
+      u, state = jax.jit(tx.update)(g, state, params)
+      us.append(u)
+    outs.append(us)
+  for u, pu in zip(*outs):
+    assert_close_updates(u, pu)
+  with pytest.raises(ValueError, match="static_args"):
+    optax.inject_hyperparams(optadam.adam)(group_small_leaves=THRESHOLD).init(params)
+  with pytest.raises(ValueError, match="static_args=\\('gradient_accumulation_steps'"):
+    optax.inject_hyperparams(optadam.adam)(gradient_accumulation_steps=2).init(params)
+
+  ms = optax.MultiSteps(optadam.adam(1e-2, **kw, group_small_leaves=THRESHOLD), every_k_schedule=2)
+  plain_ms = optax.MultiSteps(optadam.adam(1e-2, **kw), every_k_schedule=2)
+  s, ps = ms.init(params), plain_ms.init(params)
+  for g in grads + grads[:1]:
+    u, s = jax.jit(ms.update)(g, s, params)
+    pu, ps = jax.jit(plain_ms.update)(g, ps, params)
+    assert_close_updates(u, pu)
+
+  tx = optadam.adam(1e-2, **kw, group_small_leaves=THRESHOLD)
+  batch = jax.tree.map(lambda p: jnp.stack([p, 2 * p]), params)
+  gbatch = jax.tree.map(lambda g: jnp.stack([g, -g]), grads[0])
+  u, _ = jax.vmap(tx.update)(gbatch, jax.vmap(tx.init)(batch), batch)
+  double, negated = jax.tree.map(lambda x: 2 * x, params), jax.tree.map(lambda x: -x, grads[0])
+  for i, (p, g) in enumerate(((params, grads[0]), (double, negated))):
+    single, _ = tx.update(g, tx.init(p), p)
+    assert_close_updates(jax.tree.map(lambda x, i=i: x[i], u), single)
