@@ -107,21 +107,27 @@ def clip_by_keras_global_norm(global_clipnorm: float) -> optax.GradientTransform
     if not leaves:
       return updates, state
     norm = jnp.sqrt(jnp.sum(jnp.stack([_sum_of_squares(g) for g in leaves])))
-    scale = global_clipnorm * jnp.minimum(1.0 / norm, 1.0 / global_clipnorm)
-    scale = scale + (norm - norm)  # NaN when the norm is not finite (Keras)
-
-    def clip(g):
-      values = sparse.values_of(g)
-      if _tree.is_complex(values.dtype):  # both parts times the real factor
-        part_scale = scale.astype(_tree.real_dtype(values.dtype))
-        return sparse.with_values(
-          g, jax.lax.complex(jnp.real(values) * part_scale, jnp.imag(values) * part_scale)
-        )
-      return sparse.with_values(g, values * scale.astype(values.dtype))
-
-    return _tree.map_grads(clip, updates), state
+    scale = keras_global_scale(norm, global_clipnorm)
+    return _tree.map_grads(lambda g: scale_by_real(g, scale), updates), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def keras_global_scale(norm: jax.Array, global_clipnorm: Any) -> jax.Array:
+  """Keras's global-clip factor ``c * min(1/n, 1/c) + (n - n)`` (NaN when `norm` is not finite)."""
+  scale = global_clipnorm * jnp.minimum(1.0 / norm, 1.0 / global_clipnorm)
+  return scale + (norm - norm)
+
+
+def scale_by_real(g: Any, scale: jax.Array) -> Any:
+  """`g` (dense or sparse values) times the real `scale`; a complex `g` part by part."""
+  values = sparse.values_of(g)
+  if _tree.is_complex(values.dtype):  # both parts times the real factor
+    part_scale = scale.astype(_tree.real_dtype(values.dtype))
+    return sparse.with_values(
+      g, jax.lax.complex(jnp.real(values) * part_scale, jnp.imag(values) * part_scale)
+    )
+  return sparse.with_values(g, values * scale.astype(values.dtype))
 
 
 def clip_by_value(clipvalue: float) -> optax.GradientTransformation:

@@ -137,10 +137,6 @@ class LeafGroups:
     return f"LeafGroups(groups={self.groups!r}, leaves={self.leaves!r})"
 
 
-def _or(x: Any, default: Any) -> Any:
-  return default if x is None else x
-
-
 def _is_groups(x: Any) -> bool:
   return isinstance(x, LeafGroups)
 
@@ -496,8 +492,8 @@ def group_leaves(
             f"{max_size} elements) but its gradient is sparse; raise the grouping threshold "
             "below its size or densify the gradient."
           )
-    rest_clip = clipping.clip_by_tensor_norm(clipnorm) if clipnorm is not None else None
-    if rest_clip is not None:  # the leaves that are not grouped: clipped as they are
+    if clipnorm is not None:  # the leaves that are not grouped: clipped as they are
+      rest_clip = clipping.clip_by_tensor_norm(clipnorm)
       rest = [None if i in layout.grouped else g for i, g in enumerate(g_leaves)]
       rest, _ = rest_clip.update(layout.treedef.unflatten(rest), optax.EmptyState())
       rest = layout.treedef.flatten_up_to(rest)
@@ -513,20 +509,14 @@ def group_leaves(
         if g is not None and i not in layout.grouped
       ]
       if sums:
-        norm = jnp.sqrt(jnp.sum(jnp.stack(sums)))
-        global_scale = global_clipnorm * jnp.minimum(1.0 / norm, 1.0 / global_clipnorm)
-        global_scale = global_scale + (norm - norm)  # NaN when the norm is not finite (Keras)
-
-        def scale_leaf(g):
-          values = sparse.values_of(g)
-          return sparse.with_values(g, values * global_scale.astype(values.dtype))
-
+        scale = clipping.keras_global_scale(jnp.sqrt(jnp.sum(jnp.stack(sums))), global_clipnorm)
         g_leaves = [
-          g if (g is None or i in layout.grouped) else scale_leaf(g) for i, g in enumerate(g_leaves)
+          g if (g is None or i in layout.grouped) else clipping.scale_by_real(g, scale)
+          for i, g in enumerate(g_leaves)
         ]
         packed_g = LeafGroups(
           tuple(
-            None if flat is None else flat * global_scale.astype(flat.dtype)
+            None if flat is None else clipping.scale_by_real(flat, scale)
             for flat in packed_g.groups
           ),
           layout.treedef.unflatten(

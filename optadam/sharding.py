@@ -115,16 +115,6 @@ def _zero1_spec(
   return spec
 
 
-def _with_shardings(abstract: Any, params: list[Any]) -> Any:
-  """`abstract` (ShapeDtypeStructs) carrying the parameters' shardings where they are Shardings."""
-  leaves, treedef = jax.tree.flatten(abstract)
-  out = []
-  for leaf, p in zip(leaves, params):
-    sharding = p.sharding if isinstance(p.sharding, jax.sharding.Sharding) else None
-    out.append(jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding))
-  return treedef.unflatten(out)
-
-
 def state_shardings(
   tx_or_state: Any,
   param_shardings: Any,
@@ -250,13 +240,17 @@ def state_shardings(
     if all(p.shape is not None for p in params):
       abstract = p_def.unflatten(
         [
-          jax.ShapeDtypeStruct(p.shape, getattr(leaf, "dtype", np.float32))
+          jax.ShapeDtypeStruct(
+            p.shape,
+            getattr(leaf, "dtype", np.float32),
+            sharding=p.sharding if isinstance(p.sharding, jax.sharding.Sharding) else None,
+          )
           for p, leaf in zip(params, p_leaves)
         ]
       )
       decide = getattr(tx, "group_layout", None)
       if decide is not None:  # group_small_leaves: sharded leaves stay out; the traced init
-        decide(_with_shardings(abstract, params))  # below reuses this layout
+        decide(abstract)  # below reuses this layout
       state = jax.eval_shape(tx.init, abstract)
     try:
       placeholder_state = tx.init(_Placeholder())
