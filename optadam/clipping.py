@@ -107,19 +107,19 @@ def clip_by_keras_global_norm(global_clipnorm: float) -> optax.GradientTransform
     if not leaves:
       return updates, state
     norm = jnp.sqrt(jnp.sum(jnp.stack([_sum_of_squares(g) for g in leaves])))
-    scale = keras_global_scale(norm, global_clipnorm)
-    return _tree.map_grads(lambda g: scale_by_real(g, scale), updates), state
+    scale = _keras_global_scale(norm, global_clipnorm)
+    return _tree.map_grads(lambda g: _scale_by_real(g, scale), updates), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def keras_global_scale(norm: jax.Array, global_clipnorm: Any) -> jax.Array:
+def _keras_global_scale(norm: jax.Array, global_clipnorm: Any) -> jax.Array:
   """Keras's global-clip factor ``c * min(1/n, 1/c) + (n - n)`` (NaN when `norm` is not finite)."""
   scale = global_clipnorm * jnp.minimum(1.0 / norm, 1.0 / global_clipnorm)
   return scale + (norm - norm)
 
 
-def scale_by_real(g: Any, scale: jax.Array) -> Any:
+def _scale_by_real(g: Any, scale: jax.Array) -> Any:
   """`g` (dense or sparse values) times the real `scale`; a complex `g` part by part."""
   values = sparse.values_of(g)
   if _tree.is_complex(values.dtype):  # both parts times the real factor

@@ -509,14 +509,14 @@ def group_leaves(
         if g is not None and i not in layout.grouped
       ]
       if sums:
-        scale = clipping.keras_global_scale(jnp.sqrt(jnp.sum(jnp.stack(sums))), global_clipnorm)
+        scale = clipping._keras_global_scale(jnp.sqrt(jnp.sum(jnp.stack(sums))), global_clipnorm)
         g_leaves = [
-          g if (g is None or i in layout.grouped) else clipping.scale_by_real(g, scale)
+          g if (g is None or i in layout.grouped) else clipping._scale_by_real(g, scale)
           for i, g in enumerate(g_leaves)
         ]
         packed_g = LeafGroups(
           tuple(
-            None if flat is None else clipping.scale_by_real(flat, scale)
+            None if flat is None else clipping._scale_by_real(flat, scale)
             for flat in packed_g.groups
           ),
           layout.treedef.unflatten(
