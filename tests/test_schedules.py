@@ -337,6 +337,22 @@ def test_cosine_restarts_alpha_not_scaled_by_m_mul():
     assert_f32_close(m(10 * i), 0.5**i * 0.8 + 0.2, 1.0)
 
 
+@pytest.mark.parametrize("t_mul", [1.69509, 1.1, 1.5, 2.0, 2.5, 0.9, 0.5])
+@pytest.mark.parametrize("first_decay_steps", [1, 5, 7, 13])
+def test_cosine_restarts_first_restart_under_jit(t_mul, first_decay_steps):
+  """At the first restart (step == first_decay_steps) the period restarts, under jit too.
+
+  The restart index is floor(log(x) / log(t_mul)) with x == t_mul at that step: XLA used to
+  fold the constant log(t_mul) with another log than the run-time log(x), so the ratio was
+  0.99999994 and the rate 0 (the whole update of that step lost) for t_mul=1.69509.
+  """
+  m = S.CosineDecayRestarts(0.003, first_decay_steps, t_mul=t_mul, m_mul=0.5)
+  jm = jax.jit(m)
+  for step in (first_decay_steps, first_decay_steps + 1):
+    assert_f32_close(jm(step), m(step), 0.003)
+  assert float(jm(first_decay_steps)) == float(m(first_decay_steps)) == pytest.approx(0.0015)
+
+
 # ---------------------------------------------------------------------------
 # Deliberate departures, checked against the Keras 2 formula in NumPy float32.
 # ---------------------------------------------------------------------------

@@ -163,6 +163,12 @@ class CosineDecayRestarts(LearningRateSchedule):
   Unlike `CosineDecay`, `alpha` is cast to float32 before `1 - alpha`, as
   in Keras.
 
+  Under `jax.jit` both logarithms are evaluated at run time by the same
+  function, so the first restart (`f == 1`, where `1 - f * (1 - t_mul)` is
+  exactly `t_mul`) gives exactly `i = 1`, as Keras 2's eager path does (TF
+  2.15 under XLA, like a naive jit, folds the constant `log(t_mul)` with
+  another `log` and loses that restart for some `t_mul`).
+
   Keras 2 vs 3: same formula (Keras 3 adds a no-op cast before the log).
   Keras 3 evaluates it inside `ops.cond` (on `t_mul == 1`), whose
   XLA-compiled branches multiply by reciprocals instead of dividing, so
@@ -212,10 +218,13 @@ class CosineDecayRestarts(LearningRateSchedule):
       i_restart = jnp.floor(completed_fraction)
       completed_fraction = completed_fraction - i_restart
     else:
+      # log(t_mul) is taken at run time, like log(x): under jit XLA would fold a constant
+      # log(t_mul) with the host's log, which rounds unlike its own, and at the first restart
+      # (x == t_mul) the ratio would be 0.99999994 (rate 0 for that step). XLA keeps `+ 0 * f`.
       i_restart = jnp.floor(
         _div(
           jnp.log(1.0 - completed_fraction * (1.0 - t_mul)),
-          jnp.log(t_mul),
+          jnp.log(t_mul + 0.0 * completed_fraction),
         )
       )
       t_pow = jnp.power(t_mul, i_restart)
