@@ -100,6 +100,12 @@ def parameter_ema(
       (momentum 0 on it, computed in the average's dtype), and every parameter
       is averaged and overwritten, whether or not it got a gradient.
 
+  On an overwrite step the parameters land on the average as Keras's
+  ``var.assign(average)`` puts them there, also when they are infinite (the
+  update is 0 where ``x`` already equals the average, never ``inf - inf``).
+  Keras 3's JAX backend instead blends ``avg * 1 + x * 0``, which turns an
+  infinite parameter or average into NaN; optadam does not reproduce that.
+
   Returns:
     An `optax.GradientTransformation` whose ``update`` needs ``params``.
   """
@@ -170,7 +176,7 @@ def parameter_ema(
       if u is None:
         u = jnp.zeros_like(p)
       if overwrites:
-        u = jnp.where(overwrite, (new.astype(p.dtype) - p).astype(u.dtype), u)
+        u = jnp.where(overwrite, _update_onto(new, p).astype(u.dtype), u)
         if avg.dtype == p.dtype:
           # Store exactly what the parameters land on. Off overwrite steps `landed` IS
           # x_new, so the average is written from it: XLA then reads the new parameters
@@ -184,6 +190,16 @@ def parameter_ema(
     return treedef.unflatten(out), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _update_onto(avg: jax.Array, p: jax.Array) -> jax.Array:
+  """The update that moves `p` onto `avg` (Keras assigns it): ``avg - p``, 0 where they are equal.
+
+  Equal infinities give 0, not ``inf - inf = NaN``: the parameter keeps its value, as Keras's
+  ``var.assign(average)`` does. For finite values ``avg - p`` is 0 there anyway.
+  """
+  avg = avg.astype(p.dtype)
+  return jnp.where(avg == p, jnp.zeros_like(p), avg - p)
 
 
 def _find_ema_states(opt_state: Any) -> list[ParameterEmaState]:

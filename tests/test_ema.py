@@ -104,6 +104,28 @@ def test_overwrite_lands_exactly_on_the_average(dtype):
         np.testing.assert_array_equal(np.asarray(params[k]), np.asarray(avg[k]))
 
 
+@pytest.mark.parametrize("style", ["keras2", "keras3"])
+@pytest.mark.parametrize(
+  "dtype, ema_dtype", [(jnp.float32, None), (jnp.bfloat16, jnp.float32)], ids=["f32", "bf16+f32"]
+)
+def test_overwrite_keeps_an_infinite_parameter(style, dtype, ema_dtype):
+  """A parameter that became -inf stays -inf through overwrites (Keras assigns the average).
+
+  With epsilon 0 and a gradient of 1e-30, g*g underflows, v = 0 and the step is -inf; the
+  average is then -inf too. Overwriting by the update `avg - x` would give -inf - -inf = NaN.
+  """
+  kw = dict(epsilon=0.0, use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=1)
+  tx = optadam.adam(0.1, **kw, ema_style=style, ema_dtype=ema_dtype)
+  params = {"w": jnp.asarray([1.0, 2.0], dtype)}
+  state = tx.init(params)
+  for _ in range(4):
+    updates, state = tx.update({"w": jnp.asarray([1e-30, 1.0], dtype)}, state, params)
+    params = optadam.apply_updates(params, updates)
+    w, avg = np.asarray(params["w"], np.float32), np.asarray(optadam.ema_params(state)["w"])
+    assert w[0] == -np.inf and avg[0] == -np.inf, (w, avg)
+    assert np.isfinite(w[1]) and w[1] == np.float32(avg[1].astype(dtype)), (w, avg)
+
+
 def _nested(tx):
   return {
     "plain": tx,
