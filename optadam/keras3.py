@@ -120,9 +120,10 @@ def accumulate_gradients(
       return inner.update(mean, state.inner, params, **extra_args)
 
     def accumulate(_):
-      return treedef.unflatten(
-        [None if g is None else jnp.zeros_like(g) for g in g_leaves]
-      ), state.inner
+      # Zeros shaped like real_update's updates: an inner EMA in Keras 3's style also gives
+      # updates for parameters without a gradient, so the tree is the inner one's, not g's.
+      updates = jax.eval_shape(real_update, None)[0]
+      return jax.tree.map(lambda u: jnp.zeros(u.shape, u.dtype), updates), state.inner
 
     new_updates, new_inner = jax.lax.cond(is_update, real_update, accumulate, None)
     new_acc = [

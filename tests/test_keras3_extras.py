@@ -116,3 +116,19 @@ def test_resume_from_keras3_state(kwargs):
     params = optadam.apply_updates(params, updates)
     ours.append({k: np.asarray(v) for k, v in params.items()})
   assert worst_relative(ours, history[7:]) < 1e-6
+
+
+def test_accumulation_with_keras3_ema_and_none_gradients():
+  """Gradient accumulation + ema_style="keras3" with a None gradient runs, as Keras 3 does.
+
+  (It used to fail building the accumulator's cond: the keras3 EMA gives an update for a
+  parameter without a gradient, so the two branches returned different trees.)
+  """
+  params0 = make_params(SHAPES)
+  grads = make_grads(SHAPES, 12, seed=9, none=lambda s, k: k == "dense/bias" and s % 3 == 1)
+  kwargs = dict(learning_rate=0.01, use_ema=True, gradient_accumulation_steps=2)
+  theirs, _, _ = run_keras3(kwargs, params0, grads)
+  for jit in (True, False):
+    tx = optadam.adam(**kwargs, ema_style="keras3")
+    ours, _ = run_optadam(tx, params0, grads, jit=jit)
+    assert worst_relative(ours, theirs) < 1e-6
