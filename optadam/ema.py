@@ -135,17 +135,6 @@ def parameter_ema(
         "parameters: call `tx.update(grads, opt_state, params)`."
       )
     it = state.count
-    if ema_style == "keras3":
-      momentum = (it != 0).astype(jnp.float32) * jnp.asarray(ema_momentum, jnp.float32)
-      one_minus = None  # formed from the momentum array, in the average's dtype
-    elif isinstance(ema_momentum, (int, float)):
-      momentum, one_minus = (
-        float(ema_momentum),
-        1.0 - float(ema_momentum),
-      )  # Python double (Keras 2)
-    else:
-      momentum = jnp.asarray(ema_momentum, jnp.float32)
-      one_minus = 1.0 - momentum
     if overwrites:
       overwrite = (it + 1) % jnp.asarray(freq, jnp.int32) == 0
     u_leaves, treedef = _tree.flatten_grads(updates)
@@ -165,12 +154,7 @@ def parameter_ema(
         # the old p after the donated buffer was updated in place (a copy of p every step),
         # and averages p + u in excess precision instead of the value the parameter stores.
         x_new = jax.lax.optimization_barrier(x_new)
-      m = momentum if isinstance(momentum, float) else momentum.astype(avg.dtype)
-      om = (
-        (1 - m)
-        if one_minus is None
-        else (one_minus if isinstance(one_minus, float) else one_minus.astype(avg.dtype))
-      )
+      m, om = _blend_factors(ema_momentum, ema_style, it, avg.dtype)
       average = lambda x: m * avg + om * x.astype(avg.dtype)  # noqa: B023 (used in this iteration)
       new = average(x_new)
       if u is None:
@@ -190,6 +174,26 @@ def parameter_ema(
     return treedef.unflatten(out), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _blend_factors(ema_momentum: Any, ema_style: str, it: jax.Array, dtype: Any) -> tuple:
+  """``(m, 1 - m)`` that blend an average of `dtype` at step `it` (updates already taken).
+
+  Keras 2: a Python momentum stays a Python double and ``1 - m`` is formed in double
+  (weakly typed, each rounds once to `dtype` where used); an array momentum is float32.
+  Keras 3: ``m = cast(it != 0, dtype) * ema_momentum`` (0 on the first step) and ``1 - m``,
+  in the average's dtype: a Python momentum meets the cast flag as a double, so a float64
+  average gets the double's value, not its float32 rounding.
+  """
+  python = isinstance(ema_momentum, (int, float))
+  if ema_style == "keras3":
+    momentum = ema_momentum if python else jnp.asarray(ema_momentum).astype(dtype)
+    m = (it != 0).astype(dtype) * momentum
+    return m, 1 - m
+  if python:
+    return float(ema_momentum), 1.0 - float(ema_momentum)
+  momentum = jnp.asarray(ema_momentum, jnp.float32)
+  return momentum.astype(dtype), (1.0 - momentum).astype(dtype)
 
 
 def _update_onto(avg: jax.Array, p: jax.Array) -> jax.Array:

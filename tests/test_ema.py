@@ -216,3 +216,25 @@ def test_ema_dtype_float32_for_bfloat16_params():
   # the average resolves values between bfloat16's grid points
   assert np.any(np.asarray(avg) != np.asarray(avg.astype(jnp.bfloat16), np.float32))
   assert optadam.finalize_variable_values(params, state)["w"].dtype == jnp.bfloat16
+
+
+def test_keras3_style_blends_float64_with_the_double_momentum():
+  """Keras 3 blends a float64 average with the Python double momentum (not its float32).
+
+  Keras 3: momentum = cast(iterations != 0, var.dtype) * ema_momentum; average =
+  momentum * average + (1 - momentum) * var. Checked bit for bit in float64 against that
+  formula in NumPy, on the parameters optadam itself produced.
+  """
+  with jax.enable_x64(True):
+    params = {"w": jnp.asarray([0.3, -1.7, 2.25], jnp.float64)}
+    tx = optax.chain(optax.sgd(0.1), optadam.parameter_ema(0.3, ema_style="keras3"))
+    state = tx.init(params)
+    avg = None
+    for step in range(4):
+      grads = {"w": jnp.asarray([1.0, -0.5, 0.25], jnp.float64) * (step + 1)}
+      updates, state = tx.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+      x = np.asarray(params["w"])
+      momentum = np.float64(step != 0) * 0.3
+      avg = x if avg is None else momentum * avg + (1 - momentum) * x
+      np.testing.assert_array_equal(np.asarray(optadam.ema_params(state)["w"]), avg)
