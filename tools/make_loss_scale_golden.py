@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_keras2_golden import _jsonable, _store, scenario_names  # the golden tool's helpers
+from golden_common import jsonable as _jsonable, scenario_names, store as _store
 
 PREFIX = "loss_scale_"
 K_STEPS = 10
