@@ -34,8 +34,8 @@ import numpy as np
 import optax
 
 import optadam
-from benchmarks import step as step_bench
 from benchmarks.hlo import _FREE_OPS, entry_instructions
+from benchmarks.trees import case_label, tree_spec
 
 THRESHOLD = 4096  # all of the 8-64 x 8-64 leaves; in the 300-leaf tree, biases and norms
 EVERYTHING = dict(amsgrad=True, weight_decay=0.004, clipnorm=1.0, use_ema=True)
@@ -173,7 +173,7 @@ def main() -> None:
     lines += ["", "## Large leaves: grouped vs today's optadam (no regression)", ""]
     lines += ["| tree | config | ungrouped ms | grouped ms | ratio |", "|---|---|---|---|---|"]
     for tree in ("leaf:1e7", "transformer300"):
-      spec = step_bench.tree_spec(tree)
+      spec = tree_spec(tree)
       configs = (("defaults", {}), ("everything", EVERYTHING))
       for label, kw in [c for c in configs if c[0] in args.large_configs.split(",")]:
         makers = {
@@ -183,7 +183,7 @@ def main() -> None:
         t = time_steps(makers, spec, max(5, args.rounds // 2), 5)
         r = t["grouped"] / t["ungrouped"]
         lines.append(
-          f"| {step_bench.case_label(tree)} | {label} | {t['ungrouped'] * 1e3:.2f} | "
+          f"| {case_label(tree)} | {label} | {t['ungrouped'] * 1e3:.2f} | "
           f"{t['grouped'] * 1e3:.2f} | {r:.3f}x |"
         )
         print(f"[large] {tree} {label}: {r:.3f}x", flush=True)
