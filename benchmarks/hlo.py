@@ -1,7 +1,8 @@
 """Reading XLA's optimized HLO text: the full-size traffic of a step, leaf by leaf.
 
-Shared by the step benchmark (`benchmarks/step.py`) and the tests that pin the
-number of passes over memory (`tests/test_hlo.py`). Standard library only.
+Shared by the step and many-leaf benchmarks (`benchmarks/step_workers.py`,
+`benchmarks/many_leaves.py`) and the tests that pin the number of passes over memory
+(`tests/test_hlo.py`). Standard library only.
 """
 
 from __future__ import annotations

@@ -24,9 +24,7 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +33,7 @@ import numpy as np
 import optax
 
 import optadam
+from benchmarks import harness
 
 IMPLS = {
   "optadam.adam": lambda: optadam.adam(1e-3),
@@ -65,43 +64,37 @@ def make_data(n: int, seed: int = 0):
   return params, grads
 
 
-def build(name: str, params):
-  tx = IMPLS[name]()
+class _Run:
+  """One implementation's jitted, donated step, applied in place to its own copy of the data."""
 
-  def step(params, opt_state, grads):
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optadam.apply_updates(params, updates), opt_state
+  def __init__(self, name: str, params, grads):
+    tx = IMPLS[name]()
+    self.fn = jax.jit(harness.train_step(tx, optadam.apply_updates), donate_argnums=(0, 1))
+    self.params = jax.tree.map(jnp.copy, params)
+    self.state = tx.init(self.params)
+    self.grads = grads
 
-  step = jax.jit(step, donate_argnums=(0, 1))
-  params = jax.tree.map(jnp.copy, params)
-  return step, params, tx.init(params)
+  def step(self) -> None:
+    self.params, self.state = self.fn(self.params, self.state, self.grads)
+
+  def sync(self) -> None:
+    jax.block_until_ready(self.params)
 
 
 def bench(n: int, rounds: int, batch_s: float) -> dict[str, float]:
   params0, grads = make_data(n)
-  runs = {name: list(build(name, params0)) for name in IMPLS}
+  runs = {name: _Run(name, params0, grads) for name in IMPLS}
   for r in runs.values():  # compile and warm up
     for _ in range(3):
-      r[1], r[2] = r[0](r[1], r[2], grads)
-    jax.block_until_ready(r[1])
+      r.step()
+    r.sync()
   # steps per batch from the plain step's time
-  step, p, s = runs["optadam.adam"]
-  t = time.perf_counter()
-  for _ in range(5):
-    p, s = step(p, s, grads)
-  jax.block_until_ready(p)
-  runs["optadam.adam"][1:] = [p, s]
-  per = (time.perf_counter() - t) / 5
-  batch = max(1, int(batch_s / per))
-  times = {name: [] for name in IMPLS}
-  for _ in range(rounds):
-    for name, r in runs.items():
-      t = time.perf_counter()
-      for _ in range(batch):
-        r[1], r[2] = r[0](r[1], r[2], grads)
-      jax.block_until_ready(r[1])
-      times[name].append((time.perf_counter() - t) / batch)
-  return {name: statistics.median(v) for name, v in times.items()}
+  plain = runs["optadam.adam"]
+  batch = max(1, int(batch_s / harness.seconds_per_call(plain.step, 5, plain.sync)))
+  timers = {
+    name: lambda r=r: harness.seconds_per_call(r.step, batch, r.sync) for name, r in runs.items()
+  }
+  return harness.medians(harness.interleaved_rounds(timers, rounds))
 
 
 def main(argv=None) -> int:
@@ -109,29 +102,28 @@ def main(argv=None) -> int:
   ap.add_argument("--sizes", nargs="*", default=["1e7"])
   ap.add_argument("--rounds", type=int, default=15)
   ap.add_argument("--batch-s", type=float, default=0.3, help="seconds per timed batch")
-  ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "RESULTS_loss_scale.md"))
+  ap.add_argument("--out", default=harness.results_path("RESULTS_loss_scale.md"))
   args = ap.parse_args(argv)
   lines = [
     "# Loss scaling: cost over the plain optadam.adam step",
     "",
-    f"Made by `python -m benchmarks.loss_scale {' '.join(sys.argv[1:] if argv is None else argv)}`"
+    f"Made by `{harness.command_line('benchmarks.loss_scale', argv)}`"
     f" on {datetime.date.today()}: JAX {jax.__version__}, backend {jax.default_backend()} "
     f"({jax.devices()[0].device_kind}), {platform.machine()}, {os.cpu_count()} CPUs. Median "
     f"per-step time over {args.rounds} interleaved rounds; float32 parameters in 4 leaves; "
     "finite gradients. See the module docstring for the method.",
     "",
-    "| parameters | implementation | step (ms) | ratio to optadam.adam |",
-    "|---:|---|---:|---:|",
   ]
+  rows = []
   for size in args.sizes:
     n = int(float(size))
     med = bench(n, args.rounds, args.batch_s)
     base = med["optadam.adam"]
     for name, t in med.items():
-      lines.append(f"| {n:.0e} | {name} | {t * 1e3:.3f} | {t / base:.3f} |")
+      rows.append([f"{n:.0e}", name, f"{t * 1e3:.3f}", f"{t / base:.3f}"])
       print(f"{n:.0e}  {name:40s} {t * 1e3:8.3f} ms  x{t / base:.3f}", flush=True)
-  with open(args.out, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  header = ["parameters", "implementation", "step (ms)", "ratio to optadam.adam"]
+  harness.write_lines(args.out, lines + [harness.md_table(header, rows, align="rlrr")])
   print(f"wrote {args.out}")
   return 0
 

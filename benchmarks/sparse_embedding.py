@@ -24,13 +24,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
+import itertools
 import os
 import platform
-import resource
-import statistics
-import subprocess
-import sys
 import time
 
 import jax
@@ -38,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import optadam
+from benchmarks import harness
 
 VARIANTS = ("sparse", "densified", "dense input")
 MB = 1024 * 1024
@@ -70,9 +67,7 @@ def build(
     for _ in range(id_sets)
   ]
 
-  def apply(p, s, g):
-    updates, s = tx.update(g, s, p)
-    return optadam.apply_updates(p, updates), s
+  apply = harness.train_step(tx, optadam.apply_updates)
 
   def sparse_step(p, s, values, ids):
     return apply(p, s, optadam.IndexedSlices(values, ids, (rows, features)))
@@ -108,18 +103,17 @@ def fresh(params, tx):
 def compiled_memory(steps, params, state, args_for):
   out = {}
   for name, step in steps.items():
-    ma = step.lower(params, state, *args_for(name, 0)).compile().memory_analysis()
-    if ma is None:
+    mem = harness.xla_memory(step.lower(params, state, *args_for(name, 0)).compile())
+    if mem is None:
       out[name] = None
       continue
-    peak = (
-      ma.argument_size_in_bytes
-      + ma.output_size_in_bytes
-      + ma.temp_size_in_bytes
-      - ma.alias_size_in_bytes
-    )
-    out[name] = {"peak": peak, "temp": ma.temp_size_in_bytes, "args": ma.argument_size_in_bytes}
+    out[name] = {"peak": harness.xla_peak(mem), "temp": mem["temp"], "args": mem["argument"]}
   return out
+
+
+def _blocked(step, *args):
+  """``step(*args)``, once its results are ready."""
+  return jax.block_until_ready(step(*args))
 
 
 def time_steps(tx, params, steps, args_for, rounds: int, per_round: int):
@@ -128,20 +122,23 @@ def time_steps(tx, params, steps, args_for, rounds: int, per_round: int):
   for name, step in steps.items():  # compile + one warm step
     p, s = states[name]
     states[name] = jax.block_until_ready(step(p, s, *args_for(name, 0)))
-  times = {name: [] for name in steps}
-  i = 1
-  for _ in range(rounds):
-    for name, step in steps.items():
-      p, s = states[name]
-      for _ in range(per_round):
-        args = args_for(name, i)
-        jax.block_until_ready(args)
-        t0 = time.perf_counter()
-        p, s = jax.block_until_ready(step(p, s, *args))
-        times[name].append(time.perf_counter() - t0)
-        i += 1
-      states[name] = (p, s)
-  return {name: statistics.median(t) for name, t in times.items()}, times
+  counter = itertools.count(1)  # which of the id sets a step gets
+
+  def one_round(name: str) -> list[float]:
+    p, s = states[name]
+    out = []
+    for _ in range(per_round):
+      args = args_for(name, next(counter))
+      jax.block_until_ready(args)
+      (p, s), dt = harness.timed(_blocked, steps[name], p, s, *args)
+      out.append(dt)
+    states[name] = (p, s)
+    return out
+
+  timers = {name: lambda name=name: one_round(name) for name in steps}
+  rounds_ = harness.interleaved_rounds(timers, rounds)
+  times = {name: [t for r in rs for t in r] for name, rs in rounds_.items()}
+  return harness.medians(times), times
 
 
 def agreement(tx, params, steps, args_for, n: int = 2) -> float:
@@ -164,51 +161,24 @@ def measure_one(variant: str, rows: int, features: int, touched: int) -> dict:
     for i in range(3):
       p, s = jax.block_until_ready(steps[variant](p, s, *args_for(variant, i)))
   stats = jax.devices()[0].memory_stats() or {}
-  return {"rss": peak_rss(), "device_peak": stats.get("peak_bytes_in_use")}
-
-
-def peak_rss() -> int:
-  """This process's peak RSS in bytes: VmHWM (Linux), else ru_maxrss.
-
-  ru_maxrss survives ``exec`` on Linux (a child would report its parent's peak);
-  VmHWM belongs to the new address space.
-  """
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) * 1024
-  except OSError:
-    pass
-  scale = 1 if sys.platform == "darwin" else 1024
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+  return {"rss": harness.peak_rss(), "device_peak": stats.get("peak_bytes_in_use")}
 
 
 def measure_in_subprocess(variant: str, args) -> dict:
-  cmd = [
-    sys.executable,
-    "-m",
-    "benchmarks.sparse_embedding",
-    "--measure",
-    variant,
-    "--rows",
-    str(args.rows),
-    "--features",
-    str(args.features),
-    "--touched",
-    str(args.touched),
-  ]
-  out = subprocess.run(
-    cmd,
-    check=True,
-    capture_output=True,
-    text=True,
-    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-  )
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  """`measure_one` in a fresh process (``--measure VARIANT``)."""
+  sizes = ["--rows", str(args.rows), "--features", str(args.features)]
+  cmd = ["--measure", variant, *sizes, "--touched", str(args.touched)]
+  return harness.run_child("benchmarks.sparse_embedding", cmd)
 
 
-def main() -> None:
+LABELS = {
+  "sparse": "sparse (`optadam.IndexedSlices`)",
+  "densified": "densified in the step (`zeros.at[ids].add`)",
+  "dense input": "dense table-sized gradient passed in",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--rows", type=int, default=1_000_000)
   parser.add_argument("--features", type=int, default=64)
@@ -216,43 +186,18 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--per-round", type=int, default=3)
   parser.add_argument("--no-subprocess", action="store_true", help="skip the RSS measurements")
-  parser.add_argument(
-    "--output", default=os.path.join(os.path.dirname(__file__), "RESULTS_sparse.md")
-  )
+  parser.add_argument("--output", default=harness.results_path("RESULTS_sparse.md"))
   parser.add_argument("--measure", choices=("baseline",) + VARIANTS, help=argparse.SUPPRESS)
-  args = parser.parse_args()
+  return parser
 
-  if args.measure:
-    print(json.dumps(measure_one(args.measure, args.rows, args.features, args.touched)))
-    return
 
-  t_start = time.perf_counter()
-  process = {}  # first, while this process is still small
-  if not args.no_subprocess:
-    for variant in ("baseline",) + VARIANTS:
-      process[variant] = measure_in_subprocess(variant, args)
-  tx, params, steps, args_for = build(args.rows, args.features, args.touched)
-  table_mb = args.rows * args.features * 4 / MB
-  p, s = fresh(params, tx)
-  memory = compiled_memory(steps, p, s, args_for)
-  del p, s
-  medians, _ = time_steps(tx, params, steps, args_for, args.rounds, args.per_round)
-  agree = agreement(tx, params, steps, args_for)
-
-  device = jax.devices()[0]
-  on_gpu = device.platform != "cpu"
-  proc_key, proc_label = ("device_peak", "device peak") if on_gpu else ("rss", "peak RSS")
+def _table(medians: dict, memory: dict, process: dict, proc_key: str, proc_label: str) -> str:
   header = ["gradient", "median step (ms)", "vs sparse", "compiled peak (MB)", "compiled temp (MB)"]
   if process:
     header += [f"{proc_label} (MB)", f"{proc_label} over setup (MB)"]
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  labels = {
-    "sparse": "sparse (`optadam.IndexedSlices`)",
-    "densified": "densified in the step (`zeros.at[ids].add`)",
-    "dense input": "dense table-sized gradient passed in",
-  }
+  rows = []
   for name in VARIANTS:
-    row = [labels[name], f"{medians[name] * 1e3:.1f}", f"{medians[name] / medians['sparse']:.2f}x"]
+    row = [LABELS[name], f"{medians[name] * 1e3:.1f}", f"{medians[name] / medians['sparse']:.2f}x"]
     mem = memory.get(name)
     row += [f"{mem['peak'] / MB:.0f}", f"{mem['temp'] / MB:.1f}"] if mem else ["n/a", "n/a"]
     if process:
@@ -260,20 +205,14 @@ def main() -> None:
       row += (
         [f"{value / MB:.0f}", f"{(value - base) / MB:.0f}"] if value and base else ["n/a", "n/a"]
       )
-    lines.append("| " + " | ".join(row) + " |")
-  table = "\n".join(lines)
-  command = "python -m benchmarks.sparse_embedding" + "".join(
-    f" --{k.replace('_', '-')} {v}"
-    for k, v in (
-      ("rows", args.rows),
-      ("features", args.features),
-      ("touched", args.touched),
-      ("rounds", args.rounds),
-      ("per_round", args.per_round),
-    )
-  )
-  elapsed = time.perf_counter() - t_start
-  notes = [
+    rows.append(row)
+  return harness.md_table(header, rows)
+
+
+def _notes(args, process: dict, proc_label: str, agree: float, elapsed: float) -> list[str]:
+  device = jax.devices()[0]
+  table_mb = args.rows * args.features * 4 / MB
+  return [
     f"Table {args.rows:,} x {args.features} float32 ({table_mb:.0f} MB; params, m and v: "
     f"{3 * table_mb:.0f} MB), {args.touched} looked-up rows per step (with repeats), "
     f"`optadam.adam(1e-3)` under `jax.jit`, params and state donated.",
@@ -290,13 +229,46 @@ def main() -> None:
     f"Python {platform.python_version()}, {os.cpu_count()} CPUs; "
     f"{datetime.date.today().isoformat()}; {elapsed:.0f} s.",
   ]
+
+
+def main() -> None:
+  args = _parser().parse_args()
+  if args.measure:
+    harness.emit(harness.RESULT, measure_one(args.measure, args.rows, args.features, args.touched))
+    return
+
+  t_start = time.perf_counter()
+  process = {}  # first, while this process is still small
+  if not args.no_subprocess:
+    for variant in ("baseline",) + VARIANTS:
+      process[variant] = measure_in_subprocess(variant, args)
+  tx, params, steps, args_for = build(args.rows, args.features, args.touched)
+  p, s = fresh(params, tx)
+  memory = compiled_memory(steps, p, s, args_for)
+  del p, s
+  medians, _ = time_steps(tx, params, steps, args_for, args.rounds, args.per_round)
+  agree = agreement(tx, params, steps, args_for)
+
+  on_gpu = jax.devices()[0].platform != "cpu"
+  proc_key, proc_label = ("device_peak", "device peak") if on_gpu else ("rss", "peak RSS")
+  table = _table(medians, memory, process, proc_key, proc_label)
+  command = harness.options_command(
+    "python -m benchmarks.sparse_embedding",
+    (
+      ("rows", args.rows),
+      ("features", args.features),
+      ("touched", args.touched),
+      ("rounds", args.rounds),
+      ("per_round", args.per_round),
+    ),
+  )
+  notes = _notes(args, process, proc_label, agree, time.perf_counter() - t_start)
   report = (
     "## Sparse embedding gradients (`optadam.IndexedSlices`)\n\n"
     f"Command: `{command}`\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes if n) + "\n"
   )
   print(report)
-  with open(args.output, "w") as f:
-    f.write(report)
+  harness.write_text(args.output, report)
   print(f"written to {args.output}")
 
 
