@@ -120,10 +120,16 @@ def accumulate_gradients(
       return inner.update(mean, state.inner, params, **extra_args)
 
     def accumulate(_):
-      # Zeros shaped like real_update's updates: an inner EMA in Keras 3's style also gives
-      # updates for parameters without a gradient, so the tree is the inner one's, not g's.
-      updates = jax.eval_shape(real_update, None)[0]
-      return jax.tree.map(lambda u: jnp.zeros(u.shape, u.dtype), updates), state.inner
+      # Zeros like each gradient; an inner EMA in Keras 3's style also gives an update for a
+      # parameter without a gradient (zeros like the parameter there), so that both branches
+      # return the same tree.
+      shaped = treedef.flatten_up_to(jax.eval_shape(real_update, None)[0])
+      p_leaves = [None] * len(g_leaves) if params is None else treedef.flatten_up_to(params)
+      zeros = [
+        None if u is None else jnp.zeros_like(p if g is None else g)
+        for u, g, p in zip(shaped, g_leaves, p_leaves)
+      ]
+      return treedef.unflatten(zeros), state.inner
 
     new_updates, new_inner = jax.lax.cond(is_update, real_update, accumulate, None)
     new_acc = [
