@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m optadam.demo
+	$(BIN)/python examples/demo.py
 
 # Two pytest-xdist workers, a test file each at a time (module fixtures stay in one process).
 TEST_WORKERS ?= 2

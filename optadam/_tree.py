@@ -11,20 +11,44 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import sys
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
+from optadam._indexed_slices import IndexedSlices
 
-def _is_sparse(x: Any) -> bool:
-  # Resolved lazily so that this module does not import the sparse module.
-  from optadam import sparse  # pylint: disable=import-outside-toplevel
 
-  return sparse.is_sparse(x)
+def bcoo_type() -> Any:
+  """``jax.experimental.sparse.BCOO`` if that module was imported, else None (never imports it)."""
+  module = sys.modules.get("jax.experimental.sparse")
+  return getattr(module, "BCOO", None)
+
+
+def is_sparse(x: Any) -> bool:
+  """True for sparse gradient leaves: `IndexedSlices` and ``jax.experimental.sparse.BCOO``."""
+  if isinstance(x, IndexedSlices):
+    return True
+  bcoo = bcoo_type()
+  return bcoo is not None and isinstance(x, bcoo)
 
 
 def is_grad_leaf(x: Any) -> bool:
   """`is_leaf` for gradient trees: None and sparse gradients are leaves."""
-  return x is None or _is_sparse(x)
+  return x is None or is_sparse(x)
+
+
+def keep(new: Any, old: Any, finite: Optional[jax.Array]) -> Any:
+  """`new`, or `old` where the scalar bool `finite` is False (a tree of arrays); `new` if None.
+
+  The transforms that hold parameter-sized state pass their new state through this
+  with the ``finite`` extra argument of ``update`` (`optadam.loss_scale_optimizer`
+  skips a step with it): the select fuses into the kernel that writes the state.
+  """
+  if finite is None:
+    return new
+  return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
 
 def flatten_grads(updates: Any) -> tuple[list[Any], Any]:

@@ -9,9 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optadam import _skip
 from optadam import _tree
-from optadam import grouping
 from optadam import hyperparams
 
 EMA_STYLES = ("keras2", "keras3")
@@ -28,7 +26,7 @@ class ParameterEmaState(NamedTuple):
 def check_ema_args(
   ema_momentum: Any, ema_overwrite_frequency: Any, ema_style: str = "keras2"
 ) -> None:
-  """Validates the EMA arguments (SPEC §5); traced values pass."""
+  """Validates the EMA arguments (docs: :ref:`parameter-ema`); traced values pass."""
   hyperparams.check_number("ema_momentum", ema_momentum, allow_callable=False, low=0.0, high=1.0)
   f = ema_overwrite_frequency
   if f is not None:
@@ -61,7 +59,7 @@ def parameter_ema(
   *,
   ema_dtype: Optional[Any] = None,
   ema_style: str = "keras2",
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """Keeps an exponential moving average of the parameters; optionally overwrites them with it.
 
   This transform must come LAST in a chain: it sees the final update ``u`` and
@@ -94,7 +92,7 @@ def parameter_ema(
     ema_dtype: dtype of the average; default: the parameter's (as Keras). Use
       ``jnp.float32`` for 16-bit parameters. It sets the precision; a complex
       parameter gets a complex average (complex64 for ``jnp.float32``).
-    ema_style: ``"keras2"`` (default; SPEC §5): parameters whose gradient is None
+    ema_style: ``"keras2"`` (default; :ref:`parameter-ema`): parameters whose gradient is None
       are neither averaged nor overwritten that step. ``"keras3"`` reproduces
       Keras 3: the average is the post-update parameters after the first step
       (momentum 0 on it, computed in the average's dtype), and every parameter
@@ -106,8 +104,11 @@ def parameter_ema(
   Keras 3's JAX backend instead blends ``avg * 1 + x * 0``, which turns an
   infinite parameter or average into NaN; optadam does not reproduce that.
 
+  ``update`` also accepts ``finite`` (a scalar bool array, or None): where it is
+  False the average keeps its old value (`optadam.loss_scale_optimizer`'s skipped step).
+
   Returns:
-    An `optax.GradientTransformation` whose ``update`` needs ``params``.
+    An `optax.GradientTransformationExtraArgs` whose ``update`` needs ``params``.
   """
   check_ema_args(ema_momentum, ema_overwrite_frequency, ema_style)
   ema_dtype = hyperparams.as_dtype("ema_dtype", ema_dtype, allow_complex=True)
@@ -128,52 +129,62 @@ def parameter_ema(
 
     return ParameterEmaState(count=jnp.zeros([], jnp.int32), ema=jax.tree.map(seed, params))
 
-  def update_fn(updates, state, params=None):
+  def update_fn(updates, state, params=None, *, finite=None, **extra_args):
+    del extra_args
     if params is None:
       raise ValueError(
         "The parameter EMA (`use_ema=True` / `optadam.parameter_ema`) needs the "
         "parameters: call `tx.update(grads, opt_state, params)`."
       )
     it = state.count
-    if overwrites:
-      overwrite = (it + 1) % jnp.asarray(freq, jnp.int32) == 0
+    overwrite = (it + 1) % jnp.asarray(freq, jnp.int32) == 0 if overwrites else None
     u_leaves, treedef = _tree.flatten_grads(updates)
     p_leaves = _tree.leaves_like(treedef, params)
     a_leaves = _tree.leaves_like(treedef, state.ema)
-
     out: list[Any] = []
-    new_avg = []
+    new_avg: list[Any] = []
     for u, p, avg in zip(u_leaves, p_leaves, a_leaves):
       if u is None and ema_style == "keras2":  # no gradient: not averaged, not overwritten
         out.append(None)
         new_avg.append(avg)
         continue
-      x_new = p if u is None else (p + u).astype(p.dtype)  # == optax.apply_updates
-      if u is not None and avg.dtype != p.dtype:
-        # Without the barrier XLA fuses this add into the average's kernel, which then reads
-        # the old p after the donated buffer was updated in place (a copy of p every step),
-        # and averages p + u in excess precision instead of the value the parameter stores.
-        x_new = jax.lax.optimization_barrier(x_new)
-      m, om = _blend_factors(ema_momentum, ema_style, it, avg.dtype)
-      average = lambda x: m * avg + om * x.astype(avg.dtype)  # noqa: B023 (used in this iteration)
-      new = average(x_new)
-      if u is None:
-        u = jnp.zeros_like(p)
-      if overwrites:
-        u = jnp.where(overwrite, _update_onto(new, p).astype(u.dtype), u)
-        if avg.dtype == p.dtype:
-          # Store exactly what the parameters land on. Off overwrite steps `landed` IS
-          # x_new, so the average is written from it: XLA then reads the new parameters
-          # back instead of materialising the update (one pass fewer per leaf).
-          landed = (p + u).astype(p.dtype)
-          new = jnp.where(overwrite, landed, average(landed))
+      factors = _blend_factors(ema_momentum, ema_style, it, avg.dtype)
+      u, new = _leaf_update(u, p, avg, factors, overwrite)
       out.append(u)
-      new_avg.append(_skip.keep(new, avg))  # the old average on a skipped step
-
+      new_avg.append(_tree.keep(new, avg, finite))  # the old average on a skipped step
     new_state = ParameterEmaState(count=optax.safe_increment(it), ema=treedef.unflatten(new_avg))
     return treedef.unflatten(out), new_state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _leaf_update(u, p, avg, factors, overwrite):
+  """One parameter's ``(update, new average)``: the blend of ``x_new = p + u``, and the overwrite.
+
+  `u` is None for a parameter without a gradient (Keras 3 style: averaged and overwritten
+  all the same); `overwrite` is the step's flag, or None without overwrites.
+  """
+  m, om = factors
+  x_new = p if u is None else (p + u).astype(p.dtype)  # == optax.apply_updates
+  if u is not None and avg.dtype != p.dtype:
+    # Without the barrier XLA fuses this add into the average's kernel, which then reads
+    # the old p after the donated buffer was updated in place (a copy of p every step),
+    # and averages p + u in excess precision instead of the value the parameter stores.
+    x_new = jax.lax.optimization_barrier(x_new)
+  average = lambda x: m * avg + om * x.astype(avg.dtype)
+  new = average(x_new)
+  if u is None:
+    u = jnp.zeros_like(p)
+  if overwrite is None:
+    return u, new
+  u = jnp.where(overwrite, _update_onto(new, p).astype(u.dtype), u)
+  if avg.dtype == p.dtype:
+    # Store exactly what the parameters land on. Off overwrite steps `landed` IS
+    # x_new, so the average is written from it: XLA then reads the new parameters
+    # back instead of materialising the update (one pass fewer per leaf).
+    landed = (p + u).astype(p.dtype)
+    new = jnp.where(overwrite, landed, average(landed))
+  return u, new
 
 
 def _blend_factors(ema_momentum: Any, ema_style: str, it: jax.Array, dtype: Any) -> tuple:
@@ -204,58 +215,3 @@ def _update_onto(avg: jax.Array, p: jax.Array) -> jax.Array:
   """
   avg = avg.astype(p.dtype)
   return jnp.where(avg == p, jnp.zeros_like(p), avg - p)
-
-
-def _find_ema_states(opt_state: Any) -> list[ParameterEmaState]:
-  is_ema = lambda x: isinstance(x, ParameterEmaState)
-  return [x for x in jax.tree.leaves(opt_state, is_leaf=is_ema) if is_ema(x)]
-
-
-def _the_ema_state(opt_state: Any) -> Optional[ParameterEmaState]:
-  found = _find_ema_states(opt_state)
-  if len(found) > 1:
-    raise ValueError(
-      f"The optimizer state holds {len(found)} parameter EMAs; pass the part of "
-      "the state that holds the one you mean."
-    )
-  if not found:
-    return None
-  return found[0]._replace(ema=grouping.ungroup_state(found[0].ema))  # per path when grouped
-
-
-def ema_params(opt_state: Any) -> optax.Params:
-  """The moving averages of the parameters, wherever the EMA sits in `opt_state`.
-
-  Finds the `parameter_ema` state inside `optadam.adam`'s state and inside a
-  user's ``optax.chain`` / ``inject_hyperparams`` / ``MultiSteps`` nesting. Use
-  it to evaluate with the EMA weights without touching the training parameters
-  (what Keras's ``SwapEMAWeights`` callback is used for).
-
-  Raises:
-    ValueError: if the state holds no parameter EMA (``use_ema=False``).
-  """
-  state = _the_ema_state(opt_state)
-  if state is None:
-    raise ValueError(
-      "This optimizer state has no parameter EMA: build the optimizer with "
-      "`optadam.adam(..., use_ema=True)` (or chain `optadam.parameter_ema()` last)."
-    )
-  return state.ema
-
-
-def finalize_variable_values(params: optax.Params, opt_state: Any) -> optax.Params:
-  """`params` replaced by their moving averages, as Keras's ``fit`` does after training.
-
-  A no-op (returns `params`) when the optimizer has no parameter EMA, as in Keras.
-  Averages are cast to the parameters' dtypes.
-  """
-  state = _the_ema_state(opt_state)
-  if state is None:
-    return params
-
-  def pick(p, avg):
-    if p is None or isinstance(avg, optax.MaskedNode):
-      return p
-    return jnp.asarray(avg).astype(jnp.asarray(p).dtype)
-
-  return jax.tree.map(pick, params, state.ema, is_leaf=lambda x: x is None)

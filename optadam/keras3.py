@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from optadam import _skip
 from optadam import _tree
 from optadam import hyperparams
 from optadam import sparse
@@ -32,6 +31,13 @@ def check_accumulation_steps(gradient_accumulation_steps: Any) -> None:
     )
 
 
+def check_loss_scale_factor(loss_scale_factor: Any) -> None:
+  """Validates Keras 3's ``loss_scale_factor``: a finite number > 0 (traced values pass)."""
+  hyperparams.check_number("loss_scale_factor", loss_scale_factor, allow_callable=False, low=0.0)
+  if hyperparams.concrete_number(loss_scale_factor) == 0.0:
+    raise ValueError("`loss_scale_factor` must be > 0 (or None for no loss scaling); got 0.")
+
+
 def divide_by_loss_scale(loss_scale_factor: float) -> optax.GradientTransformation:
   """Divides every gradient by `loss_scale_factor`, before anything else (Keras 3).
 
@@ -44,9 +50,7 @@ def divide_by_loss_scale(loss_scale_factor: float) -> optax.GradientTransformati
   Returns:
     A stateless `optax.GradientTransformation`.
   """
-  hyperparams.check_number("loss_scale_factor", loss_scale_factor, allow_callable=False, low=0.0)
-  if hyperparams.concrete_number(loss_scale_factor) == 0.0:
-    raise ValueError("`loss_scale_factor` must be > 0 (or None for no loss scaling); got 0.")
+  check_loss_scale_factor(loss_scale_factor)
 
   def divide(g):
     values = sparse.values_of(g)
@@ -86,6 +90,9 @@ def accumulate_gradients(
   by k, not a running mean) and in having a fixed k. Unlike Keras 3, an EMA
   inside `inner` is updated on real updates only.
 
+  ``update`` also accepts ``finite`` (a scalar bool array, or None), passed on to
+  `inner`: where it is False the accumulators keep their old values.
+
   Args:
     gradient_accumulation_steps: k >= 2.
     inner: the transformation to run every k-th call.
@@ -103,7 +110,7 @@ def accumulate_gradients(
     acc = jax.tree.map(lambda p: _tree.zeros_like(p), params)
     return GradientAccumulationState(jnp.zeros([], jnp.int32), acc, inner.init(params))
 
-  def update_fn(updates, state, params=None, **extra_args):
+  def update_fn(updates, state, params=None, *, finite=None, **extra_args):
     g_leaves, treedef = _tree.flatten_grads(updates)
     if any(sparse.is_sparse(g) for g in g_leaves):
       raise TypeError(
@@ -117,7 +124,7 @@ def accumulate_gradients(
     )
 
     def real_update(_):
-      return inner.update(mean, state.inner, params, **extra_args)
+      return inner.update(mean, state.inner, params, finite=finite, **extra_args)
 
     def accumulate(_):
       # Zeros like each gradient; an inner EMA in Keras 3's style also gives an update for a
@@ -135,7 +142,7 @@ def accumulate_gradients(
     new_acc = [
       a
       if g is None
-      else _skip.keep(jnp.where(is_update, jnp.zeros_like(a), a + g.astype(a.dtype)), a)
+      else _tree.keep(jnp.where(is_update, jnp.zeros_like(a), a + g.astype(a.dtype)), a, finite)
       for g, a in zip(g_leaves, acc_leaves)
     ]
     new_state = GradientAccumulationState(

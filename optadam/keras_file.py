@@ -31,8 +31,9 @@ import numpy as np
 
 from optadam import _keras_file_formats as formats
 from optadam import _tree
-from optadam import alias
-from optadam import keras_compat
+from optadam import keras_config
+from optadam import keras_state
+from optadam.chain import KerasAdam
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -286,7 +287,7 @@ def _check_fit(record: KerasFile, config: dict, params: Any, order: Optional[lis
 
 def from_keras_file(
   path: str | os.PathLike, params: Any, *, names: Optional[Mapping[str, str]] = None, **overrides
-) -> tuple[alias.KerasAdam, Any]:
+) -> tuple[KerasAdam, Any]:
   """The `optadam.adam` a saved Keras model's optimizer describes, and its state, to continue.
 
   Reads the file with `read_keras_file`, rebuilds the optimizer with
@@ -335,11 +336,11 @@ def from_keras_file(
   if record.keras_major >= 3 and config.get("use_ema"):
     overrides.setdefault("ema_style", "keras3")
   order = _keras_order(record, params, names)
-  tx = keras_compat.from_keras_config(config, **overrides)
+  tx = keras_config.from_keras_config(config, **overrides)
   if _never_stepped(record, config):
     return tx, tx.init(params)
   _check_fit(record, config, params, order)
-  state = keras_compat.state_from_keras(tx, list(record.optimizer_variables), params, order=order)
+  state = keras_state.state_from_keras(tx, list(record.optimizer_variables), params, order=order)
   return tx, state
 
 
@@ -353,12 +354,12 @@ def _from_loss_scale_file(record, entry, params, names, overrides):
     body.pop("jit_compile", None)
     if record.keras_major >= 3 and body.get("use_ema"):
       overrides.setdefault("ema_style", "keras3")
-  tx = keras_compat.from_keras_config(entry, **overrides)
+  tx = keras_config.from_keras_config(entry, **overrides)
   extra = {}
   if record.keras_major < 3:
     # TF 2.15 does not save the dynamic loss scale or its counter (its optimizer/vars are the
     # inner Adam's); loading the file in TF restarts them at initial_scale and 0: so do we.
     extra = {"loss_scale": entry["config"].get("initial_scale", 2.0**15), "dynamic_counter": 0}
   variables = list(record.optimizer_variables)
-  state = keras_compat.state_from_keras(tx, variables, params, order=order, **extra)
+  state = keras_state.state_from_keras(tx, variables, params, order=order, **extra)
   return tx, state

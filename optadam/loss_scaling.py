@@ -1,23 +1,28 @@
 """Dynamic loss scaling: Keras's ``LossScaleOptimizer`` around any optax transformation.
 
 (The module is ``loss_scaling`` so that the public function `optadam.loss_scale` does not
-shadow it.)
+shadow it.) The two Keras versions differ in five rules; each is one small object here
+(`_Keras2Rules`, `_Keras3Rules`), and the wrapper runs `inner` either straight-line (around
+`optadam.adam`, whose transforms keep their state on a skipped step when given ``finite``) or
+in the true branch of a ``lax.cond`` (any other transformation).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optadam import _finite
 from optadam import _tree
 from optadam import hyperparams
 from optadam import sparse
+from optadam.chain import KerasAdam
 
 STYLES = ("keras2", "keras3")
 
@@ -33,10 +38,47 @@ class LossScaleState(NamedTuple):
 class LossScaleOptimizer(optax.GradientTransformationExtraArgs):
   """The `optax.GradientTransformationExtraArgs` returned by `optadam.loss_scale_optimizer`.
 
-  Besides ``init`` and ``update`` it carries ``inner`` (the wrapped
-  transformation), ``initial_scale``, ``dynamic_growth_steps``, ``style`` and ``name``
-  (Keras 3's config key), read by `optadam.get_config`.
+  Attributes:
+    inner: the wrapped transformation.
+    initial_scale: the scale before the first step.
+    dynamic_growth_steps: consecutive finite steps after which the scale doubles.
+    style: ``"keras2"`` or ``"keras3"``.
+    name: Keras 3's config key (``"loss_scale_optimizer"`` unless read from a config).
+
+  All are read by `optadam.get_config`.
   """
+
+  inner: optax.GradientTransformation
+  initial_scale: Any
+  dynamic_growth_steps: int
+  style: str
+  name: str
+
+  def __new__(cls, init, update, inner, initial_scale, dynamic_growth_steps, style, name):
+    self = super().__new__(cls, init, update)
+    self.inner, self.initial_scale, self.dynamic_growth_steps = (
+      inner,
+      initial_scale,
+      dynamic_growth_steps,
+    )
+    self.style, self.name = style, name
+    return self
+
+  def __getnewargs__(self):
+    return (
+      self.init,
+      self.update,
+      self.inner,
+      self.initial_scale,
+      self.dynamic_growth_steps,
+      self.style,
+      self.name,
+    )
+
+  def with_name(self, name: str) -> LossScaleOptimizer:
+    """The same optimizer under another ``name`` (Keras 3's config key)."""
+    init, update, inner, initial_scale, growth, style, _ = self.__getnewargs__()
+    return LossScaleOptimizer(init, update, inner, initial_scale, growth, style, name)
 
 
 def _check_args(inner: Any, initial_scale: Any, dynamic_growth_steps: Any, style: Any) -> None:
@@ -75,67 +117,64 @@ def _check_args(inner: Any, initial_scale: Any, dynamic_growth_steps: Any, style
     raise ValueError(f"`style` must be one of {STYLES}; got {style!r}.")
 
 
-def _nan_unless_finite(values: jax.Array) -> jax.Array:
-  """A float32 scalar: 0 when every element of `values` is finite, NaN otherwise."""
-  # x - x is 0 for a finite x and NaN for inf or NaN: one read of the leaf, no temporary (x * 0
-  # would make XLA materialise a full-size broadcast of the zero, and isfinite a mask).
-  summed = lambda v: jnp.sum(_zero_or_nan(v), dtype=jnp.float32)
-  k = _row_length(values)
-  if k is None:
-    return summed(values)
+class _Keras2Rules:
+  """TF 2.15's ``LossScaleOptimizer``: ``get_unscaled_gradients``, then ``apply_gradients``."""
 
-  def matvec(v):
-    # XLA:CPU reduces to a scalar on one thread but runs a matrix-vector product on all of
-    # them: each row @ zeros is 0, or NaN where the row holds an inf or a NaN (inf * 0 = nan).
-    # Only the last axis is split (into rows of k), so sharded leading axes stay as they are.
-    rows = v.reshape(*v.shape[:-1], v.shape[-1] // k, k)
-    products = jax.lax.dot_general(
-      rows,
-      jnp.zeros((k,), v.dtype),
-      (((rows.ndim - 1,), (0,)), ((), ())),
-      precision=jax.lax.Precision.HIGHEST,
-      preferred_element_type=jnp.float32,
+  def unscale(self, values: jax.Array, scale: jax.Array) -> jax.Array:
+    return values * (1.0 / scale).astype(values.dtype)  # the float32 reciprocal, in g's dtype
+
+  def finite(self, leaves: list[Any], scale: jax.Array, unscale: Any) -> jax.Array:
+    return _finite.unscaled_all_finite(leaves, unscale, scale)  # checks the unscaled gradients
+
+  def moves(self, scale: jax.Array, good_steps: jax.Array, growth: int) -> tuple:
+    """(grow, grown, shrunk): whether this finite step grows the scale, and the two scales."""
+    two = jnp.asarray(2.0, jnp.float32)
+    grown = scale * two
+    grown = jnp.where(jnp.isfinite(grown), grown, scale)  # kept only if finite
+    shrunk = jnp.maximum(scale / two, jnp.asarray(1.0, jnp.float32))  # floor at 1
+    return good_steps + 1 >= growth, grown, shrunk
+
+  def skipped(self, inner_state: Any) -> Any:
+    return _increment_counts(inner_state)  # a skipped step still advances `iterations`
+
+
+class _Keras3Rules:
+  """Keras 3's ``LossScaleOptimizer.stateless_apply``."""
+
+  def __init__(self, power_of_two: bool):
+    self.power_of_two = power_of_two
+
+  def unscale(self, values: jax.Array, scale: jax.Array) -> jax.Array:
+    # Keras 3: ops.divide(g, scale), promoted to float32 or wider; its Adam casts that to the
+    # variable's dtype before any arithmetic. Here: back to g's dtype (a no-op from float32 up),
+    # so that the updates have the gradients' dtype, as optax's transforms (and lax.cond) expect.
+    wide = jnp.promote_types(values.dtype, jnp.float32)
+    if not self.power_of_two:
+      return (values / scale).astype(values.dtype)
+    # A power-of-two scale stays one (or 0 / inf), and dividing by it is multiplying by its
+    # exact reciprocal: the same bits, without a division that XLA would materialise. The
+    # reciprocal is applied as two normal power-of-two factors (1/scale itself can be
+    # subnormal, which XLA flushes to 0, or overflow), each product exact.
+    r1 = jnp.where(
+      scale > 2.0**64,
+      jnp.float32(2.0**-64),
+      jnp.where(scale < 2.0**-64, jnp.float32(2.0**64), jnp.float32(1.0)),
     )
-    return jnp.sum(products)
+    r2 = 1.0 / (scale * r1)
+    return (values.astype(wide) * r1.astype(wide) * r2.astype(wide)).astype(values.dtype)
 
-  return jax.lax.platform_dependent(values, cpu=matvec, default=summed)
+  def finite(self, leaves: list[Any], scale: jax.Array, unscale: Any) -> jax.Array:
+    del scale, unscale
+    return _finite.all_finite(leaves)  # checks the scaled gradients
 
+  def moves(self, scale: jax.Array, good_steps: jax.Array, growth: int) -> tuple:
+    """(grow, grown, shrunk): no floor, no check of the doubled scale."""
+    grown = scale * jnp.asarray(2.0, jnp.float32)
+    shrunk = scale * jnp.asarray(0.5, jnp.float32)
+    return good_steps == growth - 1, grown, shrunk
 
-def _zero_or_nan(values: jax.Array) -> jax.Array:
-  zero_or_nan = values - values
-  if jnp.issubdtype(values.dtype, jnp.complexfloating):
-    zero_or_nan = zero_or_nan.real + zero_or_nan.imag
-  return zero_or_nan
-
-
-def _row_length(values: jax.Array) -> Optional[int]:
-  """The row length for `_nan_unless_finite`'s matrix-vector product, or None (a plain sum)."""
-  if values.size < 2**16 or not jnp.issubdtype(values.dtype, jnp.floating):
-    return None
-  # Long rows run at memory speed (rows of 256 take 3x as long as rows of 8192). Prefer rows
-  # whose count (last // k) is a multiple of 8, so that a last axis sharded over up to 8 devices
-  # splits into sharded rows and no partial products cross devices.
-  last = values.shape[-1]
-  ks = [k for k in range(min(last, 8192), 255, -1) if last % k == 0]
-  return next((k for k in ks if k >= 1024 and (last // k) % 8 == 0), ks[0] if ks else None)
-
-
-def _all_finite(leaves: list[Any]) -> jax.Array:
-  """One boolean for all non-None leaves (a global reduction, also over shards and processes)."""
-  sums = [_nan_unless_finite(sparse.values_of(g)) for g in leaves if g is not None]
-  if not sums:
-    return jnp.asarray(True)
-  return jnp.isfinite(sum(sums[1:], sums[0]))
-
-
-def _unscaled_all_finite(leaves: list[Any], unscale: Any, scale: jax.Array) -> jax.Array:
-  """``_all_finite`` of the unscaled leaves, without forming them at every step."""
-  # Times a factor in [0, 1] a value is finite exactly when it was, so with a scale >= 1 (Keras 2
-  # never halves it below 1) the leaves themselves are checked; a smaller scale (an initial_scale
-  # below 1) checks the products too, in a cond so that they are not formed at every step.
-  finite = _all_finite(leaves)
-  products = lambda leaves: _all_finite([None if g is None else unscale(g) for g in leaves])
-  return finite & jax.lax.cond(scale >= 1, lambda leaves: jnp.asarray(True), products, leaves)
+  def skipped(self, inner_state: Any) -> Any:
+    return inner_state  # a skipped step does not exist for the inner optimizer
 
 
 def _increment_counts(state: Any) -> Any:
@@ -261,8 +300,11 @@ def loss_scale_optimizer(
   _check_args(inner, initial_scale, dynamic_growth_steps, style)
   growth = int(dynamic_growth_steps)
   value = hyperparams.concrete_number(initial_scale)
-  power_of_two = value is not None and math.frexp(value)[0] == 0.5
+  rules: Any = _Keras2Rules()
+  if style == "keras3":
+    rules = _Keras3Rules(power_of_two=value is not None and math.frexp(value)[0] == 0.5)
   inner_tx = optax.with_extra_args_support(inner)
+  run_inner = _straight_line if isinstance(inner, KerasAdam) else _in_cond
 
   def init_fn(params):
     return LossScaleState(
@@ -271,148 +313,68 @@ def loss_scale_optimizer(
       inner=inner_tx.init(params),
     )
 
-  def unscale(g, scale):
-    values = sparse.values_of(g)
-    if style == "keras2":  # get_unscaled_gradients: times the float32 reciprocal, cast to g's dtype
-      return sparse.with_values(g, values * (1.0 / scale).astype(values.dtype))
-    # Keras 3: ops.divide(g, scale), promoted to float32 or wider; its Adam casts that to the
-    # variable's dtype before any arithmetic. Here: back to g's dtype (a no-op from float32 up), so
-    # that the updates have the gradients' dtype, as optax's transforms (and lax.cond) expect.
-    wide = jnp.promote_types(values.dtype, jnp.float32)
-    if not power_of_two:
-      return sparse.with_values(g, (values / scale).astype(values.dtype))
-    # A power-of-two scale stays one (or 0 / inf), and dividing by it is multiplying by its
-    # exact reciprocal: the same bits, without a division that XLA would materialise. The
-    # reciprocal is applied as two normal power-of-two factors (1/scale itself can be
-    # subnormal, which XLA flushes to 0, or overflow), each product exact.
-    r1 = jnp.where(
-      scale > 2.0**64,
-      jnp.float32(2.0**-64),
-      jnp.where(scale < 2.0**-64, jnp.float32(2.0**64), jnp.float32(1.0)),
-    )
-    r2 = 1.0 / (scale * r1)
-    unscaled = values.astype(wide) * r1.astype(wide) * r2.astype(wide)
-    return sparse.with_values(g, unscaled.astype(values.dtype))
-
   def update_fn(updates, state, params=None, **extra_args):
     g_leaves, treedef = _tree.flatten_grads(updates)
-    scale = state.scale
-    if style == "keras2":  # Keras 2 checks the unscaled gradients, Keras 3 the scaled ones
-      finite = _unscaled_all_finite(g_leaves, lambda g: unscale(g, scale), scale)
-    else:
-      finite = _all_finite(g_leaves)
+    unscale = lambda g: sparse.with_values(g, rules.unscale(sparse.values_of(g), state.scale))
+    finite = rules.finite(g_leaves, state.scale, unscale)
     if axis_name is not None:  # one decision for all the shards of the model
       finite = jax.lax.pmin(finite.astype(jnp.int32), axis_name) == 1
-
-    skippable = getattr(inner, "skippable_update", None)
-    if skippable is not None:  # optadam.adam: straight-line, each transform keeps its own state
-      grads = treedef.unflatten([None if g is None else unscale(g, scale) for g in g_leaves])
-      new_updates, new_inner = skippable(grads, state.inner, params, finite, **extra_args)
-      skipped = _increment_counts(state.inner) if style == "keras2" else state.inner
-      # The transforms kept their parameter-sized state; the scalars (step counts) settle here.
-      new_inner = jax.tree.map(
-        lambda new, old: new if jnp.ndim(new) else jnp.where(finite, new, old), new_inner, skipped
-      )
-      new_updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates)
-    else:  # any other transformation: run it in the true branch of a cond
-
-      def apply(operand):
-        grads, inner_state = operand  # unscaled again here, so that XLA fuses it into the step
-        grads = [None if g is None else unscale(g, scale) for g in grads]
-        return inner_tx.update(treedef.unflatten(grads), inner_state, params, **extra_args)
-
-      def skip(operand):
-        shapes = jax.eval_shape(apply, operand)
-        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes[0])
-        inner_state = operand[1]
-        return zeros, (_increment_counts(inner_state) if style == "keras2" else inner_state)
-
-      new_updates, new_inner = jax.lax.cond(finite, apply, skip, (g_leaves, state.inner))
-    new_scale, new_good = _next_scale(finite, state)
+    step = _Step(treedef, g_leaves, unscale, finite, params, extra_args)
+    new_updates, new_inner = run_inner(inner_tx, rules, step, state.inner)
+    new_scale, new_good = _next_scale(rules, finite, state, growth)
     return new_updates, LossScaleState(scale=new_scale, good_steps=new_good, inner=new_inner)
 
-  def _next_scale(finite, state):
-    scale = state.scale
-    two = jnp.asarray(2.0, jnp.float32)
-    if style == "keras2":
-      grow = state.good_steps + 1 >= growth
-      grown = scale * two
-      grown = jnp.where(jnp.isfinite(grown), grown, scale)
-      shrunk = jnp.maximum(scale / two, jnp.asarray(1.0, jnp.float32))
-    else:
-      grow = state.good_steps == growth - 1
-      grown = scale * two
-      shrunk = scale * jnp.asarray(0.5, jnp.float32)
-    zero = jnp.zeros([], jnp.int32)
-    new_scale = jnp.where(finite, jnp.where(grow, grown, scale), shrunk)
-    new_good = jnp.where(finite & ~grow, optax.safe_increment(state.good_steps), zero)
-    return new_scale, new_good
-
-  tx = LossScaleOptimizer(init_fn, update_fn)
-  tx.name = "loss_scale_optimizer"  # Keras 3's config has a name (set by from_keras_config)
-  tx.inner = inner
-  tx.initial_scale = initial_scale
-  tx.dynamic_growth_steps = growth
-  tx.style = style
-  return tx
+  return LossScaleOptimizer(
+    init_fn, update_fn, inner, initial_scale, growth, style, "loss_scale_optimizer"
+  )
 
 
-def _find_states(opt_state: Any) -> list[LossScaleState]:
-  is_state = lambda x: isinstance(x, LossScaleState)
-  return [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
+class _Step(NamedTuple):
+  """One step's gradients and what the wrapper decided about them."""
+
+  treedef: Any
+  g_leaves: list[Any]  # the scaled gradients (None leaves included)
+  unscale: Any  # g -> the unscaled g
+  finite: jax.Array  # scalar bool: take the step
+  params: Any
+  extra_args: dict[str, Any]
 
 
-def the_state(opt_state: Any) -> LossScaleState:
-  """The one `LossScaleState` inside `opt_state` (private helper of the public readers)."""
-  found = _find_states(opt_state)
-  if not found:
-    raise ValueError(
-      "This optimizer state holds no loss scale: build the optimizer with "
-      "`optadam.loss_scale_optimizer(...)`."
-    )
-  if len(found) > 1:
-    raise ValueError(
-      f"The optimizer state holds {len(found)} loss scales; pass the part of the state that "
-      "holds the one you mean."
-    )
-  return found[0]
+def _straight_line(inner_tx, rules, step: _Step, inner_state):
+  """`optadam.adam`: its transforms keep their parameter-sized state where ``finite`` is False."""
+  grads = step.treedef.unflatten([None if g is None else step.unscale(g) for g in step.g_leaves])
+  new_updates, new_inner = inner_tx.update(
+    grads, inner_state, step.params, finite=step.finite, **step.extra_args
+  )
+  skipped = rules.skipped(inner_state)
+  # The transforms kept their parameter-sized state; the scalars (step counts) settle here.
+  new_inner = jax.tree.map(
+    lambda new, old: new if jnp.ndim(new) else jnp.where(step.finite, new, old), new_inner, skipped
+  )
+  new_updates = jax.tree.map(lambda u: jnp.where(step.finite, u, jnp.zeros_like(u)), new_updates)
+  return new_updates, new_inner
 
 
-def loss_scale(opt_state: Any) -> jax.Array:
-  """The current loss scale (float32 scalar), wherever the wrapper sits in `opt_state`.
+def _in_cond(inner_tx, rules, step: _Step, inner_state):
+  """Any other transformation: run in the true branch of a ``lax.cond`` (copies its state)."""
 
-  Finds the `LossScaleState` inside ``optax.chain``, ``inject_hyperparams``,
-  ``MultiSteps`` and similar nestings. Works on traced states (inside ``jit``).
+  def apply(operand):
+    grads, state = operand  # unscaled again here, so that XLA fuses it into the step
+    grads = [None if g is None else step.unscale(g) for g in grads]
+    return inner_tx.update(step.treedef.unflatten(grads), state, step.params, **step.extra_args)
 
-  Raises:
-    ValueError: if the state holds no loss scale, or more than one.
+  def skip(operand):
+    shapes = jax.eval_shape(apply, operand)
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes[0])
+    return zeros, rules.skipped(operand[1])
 
-  Example:
-    >>> import jax.numpy as jnp, optadam, optax
-    >>> tx = optax.MultiSteps(optadam.loss_scale_optimizer(optadam.adam(), 256.0), 2)
-    >>> float(optadam.loss_scale(tx.init({"w": jnp.zeros(2)})))
-    256.0
-  """
-  return the_state(opt_state).scale
+  return jax.lax.cond(step.finite, apply, skip, (step.g_leaves, inner_state))
 
 
-def scale_loss(loss: Any, opt_state: Any) -> jax.Array:
-  """``loss`` multiplied by the current loss scale, in the loss's dtype.
-
-  Use it inside the function you differentiate, so that the gradients are those of
-  the scaled loss that `loss_scale_optimizer`'s ``update`` expects. The product is
-  formed in float32 (or the loss's dtype if wider) and then cast to the loss's dtype;
-  for a float32 loss that is what both Keras versions compute (Keras 2 casts the scale
-  to the loss's dtype first, which for a float16 loss turns a scale of 2**16 or more
-  into inf; Keras 3 returns the float32 product). Prefer a float32 loss.
-
-  Example:
-    >>> import jax.numpy as jnp, optadam
-    >>> state = optadam.loss_scale_optimizer(optadam.adam(), 8.0).init({"w": jnp.zeros(2)})
-    >>> optadam.scale_loss(jnp.float16(1.5), state)
-    Array(12., dtype=float16)
-  """
-  loss = jnp.asarray(loss)
-  scale = loss_scale(opt_state)
-  wide = jnp.promote_types(loss.dtype, jnp.float32)
-  return (loss.astype(wide) * scale.astype(wide)).astype(loss.dtype)
+def _next_scale(rules, finite: jax.Array, state: LossScaleState, growth: int) -> tuple:
+  """The scale and good-step count after a step: grown, kept or shrunk by `rules`."""
+  grow, grown, shrunk = rules.moves(state.scale, state.good_steps, growth)
+  zero = jnp.zeros([], jnp.int32)
+  new_scale = jnp.where(finite, jnp.where(grow, grown, state.scale), shrunk)
+  new_good = jnp.where(finite & ~grow, optax.safe_increment(state.good_steps), zero)
+  return new_scale, new_good

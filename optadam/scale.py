@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optadam import _skip
 from optadam import _tree
 from optadam import hyperparams
 from optadam import sparse
@@ -41,7 +40,7 @@ def scale_by_keras_adam(
   *,
   mu_dtype: Optional[Any] = None,
   nu_dtype: Optional[Any] = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""Scales gradients by Keras's Adam rule (without the learning rate).
 
   With ``t`` the 1-based step, per parameter with gradient ``g``::
@@ -100,8 +99,13 @@ def scale_by_keras_adam(
       parameter: complex64 -> float32). Use ``jnp.float32`` to keep 16-bit
       models' moments precise.
 
+  ``update`` also accepts ``finite`` (a scalar bool array, or None): where it is
+  False the moments and ``v_hat`` keep their old values (the step count and the
+  update are the caller's to settle); `optadam.loss_scale_optimizer` skips a step
+  with it, without a ``lax.cond``.
+
   Returns:
-    An `optax.GradientTransformation`.
+    An `optax.GradientTransformationExtraArgs`.
 
   Example:
     >>> import jax.numpy as jnp, optax, optadam
@@ -120,13 +124,7 @@ def scale_by_keras_adam(
     >>> state.mu.dtype, state.nu.dtype, state.nu
     (dtype('complex64'), dtype('float32'), Array([0.002], dtype=float32))
   """
-  hyperparams.check_number("beta_1", beta_1, low=0.0, high=1.0, high_inclusive=False)
-  hyperparams.check_number("beta_2", beta_2, low=0.0, high=1.0, high_inclusive=False)
-  hyperparams.check_number("epsilon", epsilon, allow_callable=False, low=0.0)
-  mu_dtype = hyperparams.as_dtype("mu_dtype", mu_dtype, allow_complex=True)
-  nu_dtype = hyperparams.as_dtype(
-    "nu_dtype", nu_dtype, why="the second moment |g|^2 is real, also for complex parameters"
-  )
+  mu_dtype, nu_dtype = check_args(beta_1, beta_2, epsilon, mu_dtype, nu_dtype)
 
   def init_fn(params):
     _tree.check_params(params, "optadam.scale_by_keras_adam")
@@ -134,78 +132,100 @@ def scale_by_keras_adam(
     def zeros(dtype, real=False):
       return lambda p: _tree.zeros_like(p, _tree.state_dtype(_tree.dtype_of(p), dtype, real=real))
 
-    mu = jax.tree.map(zeros(mu_dtype), params)
-    nu = jax.tree.map(zeros(nu_dtype, real=True), params)
-    nu_max = jax.tree.map(zeros(nu_dtype, real=True), params) if amsgrad else None
-    return ScaleByKerasAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu, nu_max=nu_max)
+    return ScaleByKerasAdamState(
+      count=jnp.zeros([], jnp.int32),
+      mu=jax.tree.map(zeros(mu_dtype), params),
+      nu=jax.tree.map(zeros(nu_dtype, real=True), params),
+      nu_max=jax.tree.map(zeros(nu_dtype, real=True), params) if amsgrad else None,
+    )
 
-  def update_fn(updates, state, params=None):
-    del params
+  def update_fn(updates, state, params=None, *, finite=None, **extra_args):
+    del params, extra_args
     sparse.check_row_indices(updates)  # concrete indices only; traced ones are dropped
     b1 = hyperparams.value_at(beta_1, state.count)
     b2 = hyperparams.value_at(beta_2, state.count)
-    one_minus_b1 = _one_minus(beta_1, b1)
-    one_minus_b2 = _one_minus(beta_2, b2)
-
-    factors = {}  # compute dtype -> bias-correction factor c (one per dtype, shared by leaves)
-
-    def correction(dtype):
-      if dtype not in factors:
-        t = (state.count + 1).astype(dtype)
-        # Keras 2's tf.cast(beta, dtype) goes through a float32 tensor, also for float64.
-        b1_power = jnp.power(jnp.asarray(b1, jnp.float32).astype(dtype), t)
-        b2_power = jnp.power(jnp.asarray(b2, jnp.float32).astype(dtype), t)
-        factors[dtype] = jnp.sqrt(1 - b2_power) / (1 - b1_power)
-      return factors[dtype]
-
+    one_minus = (_one_minus(beta_1, b1), _one_minus(beta_2, b2))
+    correction = _BiasCorrection(b1, b2, state.count)
     g_leaves, treedef = _tree.flatten_grads(updates)
-    mu_leaves = _tree.leaves_like(treedef, state.mu)
-    nu_leaves = _tree.leaves_like(treedef, state.nu)
-    vmax_leaves = _tree.leaves_like(treedef, state.nu_max) if amsgrad else [None] * len(g_leaves)
-
-    out: list[Any] = []
-    new_mu, new_nu, new_vmax = [], [], []
-    for g, m, v, vmax in zip(g_leaves, mu_leaves, nu_leaves, vmax_leaves):
-      if g is None:  # no gradient: this parameter is skipped entirely (Keras)
-        out.append(None)
-        new_mu.append(m)
-        new_nu.append(v)
-        new_vmax.append(vmax)
-        continue
-      mu_old, nu_old = m, v
-      if sparse.is_sparse(g):
-        m, v = sparse.keras_moments(g, m, v, one_minus_b1, one_minus_b2)
-        out_dtype = g.dtype
-      else:
-        gm = g.astype(m.dtype)
-        if _tree.is_complex(g.dtype):  # v follows |g|^2, real
-          g_sq = _tree.complex_abs_sq(g, v.dtype)
-        else:
-          gv = g.astype(v.dtype)
-          g_sq = gv * gv
-        m = m + (gm - m) * hyperparams.cast(one_minus_b1, m.dtype)
-        v = v + (g_sq - v) * hyperparams.cast(one_minus_b2, v.dtype)
-        out_dtype = g.dtype
-      m, v = _skip.keep((m, v), (mu_old, nu_old))  # the old moments on a skipped step
-      if amsgrad:
-        vmax = _skip.keep(jnp.maximum(vmax, v), vmax)
-      v_used = vmax if amsgrad else v
-      dtype = _tree.real_dtype(jnp.promote_types(m.dtype, v_used.dtype))
-      c = correction(jnp.promote_types(dtype, jnp.float32))
-      denominator = jnp.sqrt(v_used) + jnp.asarray(epsilon, v_used.dtype)
-      step = _tree.divide_by_real(m * c.astype(m.dtype), denominator)
-      out.append(step.astype(out_dtype))
-      new_mu.append(m)
-      new_nu.append(v)
-      new_vmax.append(vmax)
-
-    unflatten = treedef.unflatten
+    mu, nu = (_tree.leaves_like(treedef, x) for x in (state.mu, state.nu))
+    vmax = _tree.leaves_like(treedef, state.nu_max) if amsgrad else [None] * len(g_leaves)
+    out, new = [], []
+    for leaf in zip(g_leaves, mu, nu, vmax):
+      step, moments = _leaf_step(*leaf, one_minus, correction, epsilon, amsgrad, finite)
+      out.append(step)
+      new.append(moments)
+    mu, nu, vmax = (treedef.unflatten([x[i] for x in new]) for i in range(3))
     new_state = ScaleByKerasAdamState(
-      count=optax.safe_increment(state.count),
-      mu=unflatten(new_mu),
-      nu=unflatten(new_nu),
-      nu_max=unflatten(new_vmax) if amsgrad else None,
+      count=optax.safe_increment(state.count), mu=mu, nu=nu, nu_max=vmax if amsgrad else None
     )
-    return unflatten(out), new_state
+    return treedef.unflatten(out), new_state
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def check_args(beta_1: Any, beta_2: Any, epsilon: Any, mu_dtype: Any, nu_dtype: Any) -> tuple:
+  """Validates the Keras Adam scaler's arguments (traced values and callables pass).
+
+  Returns:
+    ``(mu_dtype, nu_dtype)`` as numpy dtypes (or None).
+  """
+  hyperparams.check_number("beta_1", beta_1, low=0.0, high=1.0, high_inclusive=False)
+  hyperparams.check_number("beta_2", beta_2, low=0.0, high=1.0, high_inclusive=False)
+  hyperparams.check_number("epsilon", epsilon, allow_callable=False, low=0.0)
+  return (
+    hyperparams.as_dtype("mu_dtype", mu_dtype, allow_complex=True),
+    hyperparams.as_dtype(
+      "nu_dtype", nu_dtype, why="the second moment |g|^2 is real, also for complex parameters"
+    ),
+  )
+
+
+class _BiasCorrection:
+  """``c = sqrt(1 - beta_2**t) / (1 - beta_1**t)`` per compute dtype, one per dtype per step."""
+
+  def __init__(self, b1: Any, b2: Any, count: jax.Array):
+    self.b1, self.b2, self.t = b1, b2, count + 1
+    self.factors: dict[Any, jax.Array] = {}
+
+  def __call__(self, dtype: Any) -> jax.Array:
+    if dtype not in self.factors:
+      t = self.t.astype(dtype)
+      # Keras 2's tf.cast(beta, dtype) goes through a float32 tensor, also for float64.
+      b1_power = jnp.power(jnp.asarray(self.b1, jnp.float32).astype(dtype), t)
+      b2_power = jnp.power(jnp.asarray(self.b2, jnp.float32).astype(dtype), t)
+      self.factors[dtype] = jnp.sqrt(1 - b2_power) / (1 - b1_power)
+    return self.factors[dtype]
+
+
+def _moments(g: Any, m: jax.Array, v: jax.Array, one_minus: tuple) -> tuple[jax.Array, jax.Array]:
+  """Keras's ``m + (g - m) * (1 - beta_1)`` and ``v + (|g|^2 - v) * (1 - beta_2)``."""
+  one_minus_b1, one_minus_b2 = one_minus
+  if sparse.is_sparse(g):
+    return sparse.keras_moments(g, m, v, one_minus_b1, one_minus_b2)
+  gm = g.astype(m.dtype)
+  if _tree.is_complex(g.dtype):  # v follows |g|^2, real
+    g_sq = _tree.complex_abs_sq(g, v.dtype)
+  else:
+    gv = g.astype(v.dtype)
+    g_sq = gv * gv
+  m = m + (gm - m) * hyperparams.cast(one_minus_b1, m.dtype)
+  v = v + (g_sq - v) * hyperparams.cast(one_minus_b2, v.dtype)
+  return m, v
+
+
+def _leaf_step(g, m_old, v_old, vmax, one_minus, correction, epsilon, amsgrad, finite):
+  """One parameter's ``(update, (m, v, v_hat))``; a None gradient leaves its state as it was.
+
+  With `finite` False (a skipped step) the new moments are the old ones.
+  """
+  if g is None:  # no gradient: this parameter is skipped entirely (Keras)
+    return None, (m_old, v_old, vmax)
+  m, v = _tree.keep(_moments(g, m_old, v_old, one_minus), (m_old, v_old), finite)
+  if amsgrad:
+    vmax = _tree.keep(jnp.maximum(vmax, v), vmax, finite)
+  v_used = vmax if amsgrad else v
+  dtype = _tree.real_dtype(jnp.promote_types(m.dtype, v_used.dtype))
+  c = correction(jnp.promote_types(dtype, jnp.float32))
+  denominator = jnp.sqrt(v_used) + jnp.asarray(epsilon, v_used.dtype)
+  step = _tree.divide_by_real(m * c.astype(m.dtype), denominator)
+  return step.astype(g.dtype), (m, v, vmax)

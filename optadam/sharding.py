@@ -24,6 +24,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
 from optadam import grouping
+from optadam.chain import KerasAdam
 
 __all__ = ["state_shardings"]
 
@@ -92,27 +93,95 @@ def _axis_tuple(axes: AxisNames) -> tuple[str, ...]:
   return (axes,) if isinstance(axes, str) else tuple(axes)
 
 
-def _used_axes(spec: PartitionSpec) -> set[str]:
-  used: set[str] = set()
-  for entry in spec:
-    if entry is None:
-      continue
-    used.update(_axis_tuple(entry))
-  return used
+class _Zero1:
+  """ZeRO-1: a parameter-shaped state leaf is also split over a data-parallel mesh axis."""
+
+  def __init__(self, zero1_axis: AxisNames, mesh: Optional[Mesh]):
+    self.name, self.axes, self.mesh = zero1_axis, _axis_tuple(zero1_axis), mesh
+
+  def __call__(self, sharding: Any, shape: Optional[tuple[int, ...]]) -> Any:
+    """`sharding` split along the first unsharded dimension divisible by the axis size."""
+    if shape is None:
+      raise ValueError(
+        "optadam.state_shardings: `zero1_axis` needs the parameters' shapes: pass arrays or "
+        "jax.ShapeDtypeStructs carrying shardings as `param_shardings` (e.g. "
+        "`jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), "
+        "params, shardings)`), or a state instead of the optimizer."
+      )
+    if isinstance(sharding, PartitionSpec):
+      return self._split(sharding, shape, self._axis_size(sharding))
+    if not isinstance(sharding, NamedSharding):
+      raise ValueError(
+        "optadam.state_shardings: `zero1_axis` needs NamedShardings (or "
+        f"PartitionSpecs with `mesh=`); got {sharding!r}."
+      )
+    spec = self._split(sharding.spec, shape, self._axis_size(sharding))
+    return NamedSharding(sharding.mesh, spec, memory_kind=sharding.memory_kind)
+
+  def _axis_size(self, sharding: Any) -> int:
+    m = sharding.mesh if isinstance(sharding, NamedSharding) else self.mesh
+    if m is None:
+      raise ValueError("optadam.state_shardings: `zero1_axis` with PartitionSpecs needs `mesh=`.")
+    missing = [a for a in self.axes if a not in m.shape]
+    if missing:
+      raise ValueError(
+        f"optadam.state_shardings: zero1_axis {self.name!r}: the mesh has no "
+        f"axis {missing[0]!r} (axes: {tuple(m.shape)})."
+      )
+    return math.prod(m.shape[a] for a in self.axes)
+
+  def _split(self, spec: PartitionSpec, shape: tuple[int, ...], axis_size: int) -> PartitionSpec:
+    used = {a for entry in spec if entry is not None for a in _axis_tuple(entry)}
+    if used & set(self.axes):
+      return spec  # already split over (part of) that axis
+    entries = list(spec) + [None] * (len(shape) - len(spec))
+    for i, (entry, size) in enumerate(zip(entries, shape)):
+      if entry is None and size > 0 and size % axis_size == 0:
+        entries[i] = self.axes[0] if len(self.axes) == 1 else self.axes
+        return PartitionSpec(*entries[: max(len(spec), i + 1)])
+    return spec
 
 
-def _zero1_spec(
-  spec: PartitionSpec, shape: tuple[int, ...], axes: tuple[str, ...], axis_size: int
-) -> PartitionSpec:
-  """`spec` with the first unsharded dimension divisible by `axis_size` split over `axes`."""
-  if _used_axes(spec) & set(axes):
-    return spec  # already split over (part of) that axis
-  entries = list(spec) + [None] * (len(shape) - len(spec))
-  for i, (entry, size) in enumerate(zip(entries, shape)):
-    if entry is None and size > 0 and size % axis_size == 0:
-      entries[i] = axes[0] if len(axes) == 1 else axes
-      return PartitionSpec(*entries[: max(len(spec), i + 1)])
-  return spec
+class _Rule:
+  """Where each part of a state lives: params-shaped parts like their parameters, the rest
+  replicated."""
+
+  def __init__(self, params: list[_Param], p_def: Any, zero1: Optional[_Zero1]):
+    self.params, self.p_def, self.zero1 = params, p_def, zero1
+    self.replicated = _replicated(params[0].sharding)
+
+  def leaf(self, state_leaf: Any, param: _Param) -> Any:
+    """The sharding of a state leaf that sits where `param` sits in a params-shaped part."""
+    if _is_masked(state_leaf) or state_leaf is None:
+      return state_leaf
+    sharding = param.sharding
+    shape = getattr(state_leaf, "shape", None)
+    shape = param.shape if shape is None else tuple(shape)
+    if shape is not None:
+      spec = sharding if isinstance(sharding, PartitionSpec) else getattr(sharding, "spec", None)
+      if param.shape is not None and shape != param.shape:
+        return self.replicated  # not a copy of the parameter (e.g. a factored statistic)
+      if spec is not None and len(spec) > len(shape):
+        return self.replicated
+    return sharding if self.zero1 is None else self.zero1(sharding, shape)
+
+  def params_subtree(self, value: Any) -> Any:
+    """Shardings for one parameter-shaped part of the state."""
+    if isinstance(value, grouping.LeafGroups):  # packed small leaves: replicated, never sharded
+      return grouping.LeafGroups(
+        tuple(self.replicated for _ in value.groups),
+        self.params_subtree(value.leaves),
+        value.layout,
+      )
+    if isinstance(value, _Placeholder):  # shapes unknown: the parameters' own shardings
+      return self.p_def.unflatten([self.leaf(_NO_SHAPE, p) for p in self.params])
+    v_leaves = self.p_def.flatten_up_to(value)
+    return self.p_def.unflatten([self.leaf(v, p) for v, p in zip(v_leaves, self.params)])
+
+  def non_param(self, value: Any) -> Any:
+    if value is None or _is_masked(value):
+      return value
+    return self.replicated
 
 
 def state_shardings(
@@ -162,6 +231,10 @@ def state_shardings(
   Returns:
     A pytree of shardings (or PartitionSpecs) with the structure of the state.
 
+  With ``group_small_leaves`` (and no layout fixed yet) the layout is decided from
+  `param_shardings`' ShapeDtypeStructs (`optadam.KerasAdam.with_group_layout`): build
+  the state with the same layout (``tx.with_group_layout(structs).init``).
+
   Raises:
     ValueError: if `zero1_axis` is used without known shapes or with an axis the
       mesh does not have.
@@ -169,151 +242,101 @@ def state_shardings(
   p_leaves, p_def = jax.tree.flatten(param_shardings, is_leaf=_is_spec_leaf)
   if not p_leaves:
     raise ValueError("optadam.state_shardings: `param_shardings` has no leaves.")
-  params = [_Param(leaf) for leaf in p_leaves]
-  replicated = _replicated(params[0].sharding)
-  zero1_axes = None if zero1_axis is None else _axis_tuple(zero1_axis)
-
-  def axis_size_for(sharding: Any) -> int:
-    assert zero1_axes is not None  # only asked for when zero1_axis is given
-    m = sharding.mesh if isinstance(sharding, NamedSharding) else mesh
-    if m is None:
-      raise ValueError("optadam.state_shardings: `zero1_axis` with PartitionSpecs needs `mesh=`.")
-    missing = [a for a in zero1_axes if a not in m.shape]
-    if missing:
-      raise ValueError(
-        f"optadam.state_shardings: zero1_axis {zero1_axis!r}: the mesh has no "
-        f"axis {missing[0]!r} (axes: {tuple(m.shape)})."
-      )
-    return math.prod(m.shape[a] for a in zero1_axes)
-
-  def leaf_sharding(state_leaf: Any, param: _Param) -> Any:
-    """The sharding of a state leaf that sits where `param` sits in a params-shaped part."""
-    if _is_masked(state_leaf) or state_leaf is None:
-      return state_leaf
-    sharding = param.sharding
-    shape = getattr(state_leaf, "shape", None)
-    shape = param.shape if shape is None else tuple(shape)
-    if shape is not None:
-      spec = sharding if isinstance(sharding, PartitionSpec) else getattr(sharding, "spec", None)
-      if param.shape is not None and shape != param.shape:
-        return replicated  # not a copy of the parameter (e.g. a factored statistic)
-      if spec is not None and len(spec) > len(shape):
-        return replicated
-    if zero1_axes is None:
-      return sharding
-    if shape is None:
-      raise ValueError(
-        "optadam.state_shardings: `zero1_axis` needs the parameters' shapes: pass arrays or "
-        "jax.ShapeDtypeStructs carrying shardings as `param_shardings` (e.g. "
-        "`jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), "
-        "params, shardings)`), or a state instead of the optimizer."
-      )
-    if isinstance(sharding, PartitionSpec):
-      return _zero1_spec(sharding, shape, zero1_axes, axis_size_for(sharding))
-    if not isinstance(sharding, NamedSharding):
-      raise ValueError(
-        "optadam.state_shardings: `zero1_axis` needs NamedShardings (or "
-        f"PartitionSpecs with `mesh=`); got {sharding!r}."
-      )
-    spec = _zero1_spec(sharding.spec, shape, zero1_axes, axis_size_for(sharding))
-    return NamedSharding(sharding.mesh, spec, memory_kind=sharding.memory_kind)
-
-  def params_subtree(value: Any) -> Any:
-    """Shardings for one parameter-shaped part of the state."""
-    if isinstance(value, grouping.LeafGroups):  # packed small leaves: replicated, never sharded
-      return grouping.LeafGroups(
-        tuple(replicated for _ in value.groups), params_subtree(value.leaves), value.layout
-      )
-    if isinstance(value, _Placeholder):  # shapes unknown: the parameters' own shardings
-      return p_def.unflatten([leaf_sharding(_NO_SHAPE, p) for p in params])
-    v_leaves = p_def.flatten_up_to(value)
-    return p_def.unflatten([leaf_sharding(v, p) for v, p in zip(v_leaves, params)])
-
-  def non_param(value: Any) -> Any:
-    if value is None or _is_masked(value):
-      return value
-    return replicated
-
+  zero1 = None if zero1_axis is None else _Zero1(zero1_axis, mesh)
+  rule = _Rule([_Param(leaf) for leaf in p_leaves], p_def, zero1)
   if _is_transformation(tx_or_state):
-    tx = tx_or_state
-    state = None
-    if all(p.shape is not None for p in params):
-      abstract = p_def.unflatten(
-        [
-          jax.ShapeDtypeStruct(
-            p.shape,
-            getattr(leaf, "dtype", np.float32),
-            sharding=p.sharding if isinstance(p.sharding, jax.sharding.Sharding) else None,
-          )
-          for p, leaf in zip(params, p_leaves)
-        ]
+    return _from_transformation(tx_or_state, rule, p_leaves)
+  return _from_state(tx_or_state, rule)
+
+
+def _abstract_params(rule: _Rule, p_leaves: list[Any]) -> Optional[Any]:
+  """The parameters as ShapeDtypeStructs with their shardings, when every shape is known."""
+  if any(p.shape is None for p in rule.params):
+    return None
+  return rule.p_def.unflatten(
+    [
+      jax.ShapeDtypeStruct(
+        p.shape,
+        getattr(leaf, "dtype", np.float32),
+        sharding=p.sharding if isinstance(p.sharding, jax.sharding.Sharding) else None,
       )
-      decide = getattr(tx, "group_layout", None)
-      if decide is not None:  # group_small_leaves: sharded leaves stay out; the traced init
-        decide(abstract)  # below reuses this layout
-      state = jax.eval_shape(tx.init, abstract)
-    try:
-      placeholder_state = tx.init(_Placeholder())
-    except Exception:  # pylint: disable=broad-except
-      if state is None:
-        raise
-      # e.g. optax.masked with a pytree mask: match the abstract state structurally.
-      return state_shardings(state, param_shardings, zero1_axis=zero1_axis, mesh=mesh)
-    if state is None and getattr(tx, "group_small_leaves", None) is not None:
-      raise ValueError(
-        "optadam.state_shardings: this optimizer groups small leaves (group_small_leaves), so "
-        "its state's layout depends on the parameters' shapes: pass arrays or "
-        "jax.ShapeDtypeStructs carrying shardings as `param_shardings`, or pass the state "
-        "(e.g. jax.eval_shape(tx.init, params)) instead of the optimizer."
-      )
+      for p, leaf in zip(rule.params, p_leaves)
+    ]
+  )
+
+
+def _from_transformation(tx: Any, rule: _Rule, p_leaves: list[Any]) -> Any:
+  """From the optimizer: `tx.init` on a placeholder locates the parameter-shaped parts exactly
+  (optax's ``tree_map_params`` approach); the abstract state gives their shapes."""
+  abstract = _abstract_params(rule, p_leaves)
+  grouped = isinstance(tx, KerasAdam) and tx.config.group_small_leaves is not None
+  if grouped and abstract is None:
+    raise ValueError(
+      "optadam.state_shardings: this optimizer groups small leaves (group_small_leaves), so "
+      "its state's layout depends on the parameters' shapes: pass arrays or "
+      "jax.ShapeDtypeStructs carrying shardings as `param_shardings`, or pass the state "
+      "(e.g. jax.eval_shape(tx.init, params)) instead of the optimizer."
+    )
+  if grouped and tx.group_layout is None:  # sharded leaves stay out: decided from the structs
+    tx = tx.with_group_layout(abstract)
+  state = None if abstract is None else jax.eval_shape(tx.init, abstract)
+  try:
+    placeholder_state = tx.init(_Placeholder())
+  except Exception:  # pylint: disable=broad-except
     if state is None:
-      state = placeholder_state
-    try:
-      return jax.tree.map(
-        lambda marker, value: (
-          params_subtree(value)
-          if isinstance(marker, _Placeholder)
-          else jax.tree.map(non_param, value, is_leaf=_is_masked)
-        ),
-        placeholder_state,
-        state,
-        is_leaf=lambda x: isinstance(x, _Placeholder),
-      )
-    except (ValueError, TypeError):
-      if state is placeholder_state:
-        raise
-      # The placeholder state's structure differs from the real one: match structurally.
-      return state_shardings(state, param_shardings, zero1_axis=zero1_axis, mesh=mesh)
+      raise
+    # e.g. optax.masked with a pytree mask: match the abstract state structurally.
+    return _from_state(state, rule)
+  if state is None:
+    state = placeholder_state
+  try:
+    return jax.tree.map(
+      lambda marker, value: (
+        rule.params_subtree(value)
+        if isinstance(marker, _Placeholder)
+        else jax.tree.map(rule.non_param, value, is_leaf=_is_masked)
+      ),
+      placeholder_state,
+      state,
+      is_leaf=lambda x: isinstance(x, _Placeholder),
+    )
+  except (ValueError, TypeError):
+    if state is placeholder_state:
+      raise
+    # The placeholder state's structure differs from the real one: match structurally.
+    return _from_state(state, rule)
 
-  def is_params_shaped(x: Any) -> bool:
-    if isinstance(x, grouping.LeafGroups):
-      return True
-    if _is_masked(x) or x is None:
-      return False
-    if p_def.num_leaves == 1 and p_def.num_nodes == 1:
-      return False  # a single-array parameter tree: matched leaf by leaf below
-    try:
-      leaves = p_def.flatten_up_to(x)
-    except (ValueError, TypeError):
-      return False
-    return all(_is_masked(l) or hasattr(l, "shape") for l in leaves)
 
-  if p_def.num_leaves == 1 and p_def.num_nodes == 1:
-    only = params[0]
+def _from_state(state: Any, rule: _Rule) -> Any:
+  """From a state: a sub-tree counts as parameter-shaped when it has the parameters' structure."""
+  p_def = rule.p_def
+  if p_def.num_leaves == 1 and p_def.num_nodes == 1:  # a single-array parameter tree
+    only = rule.params[0]
 
     def single(value: Any) -> Any:
       if value is None or _is_masked(value):
         return value
       shape = tuple(getattr(value, "shape", ()))
       if (shape == only.shape) if only.shape is not None else bool(shape):
-        return leaf_sharding(value, only)
-      return replicated
+        return rule.leaf(value, only)
+      return rule.replicated
 
-    return jax.tree.map(single, tx_or_state, is_leaf=_is_masked)
+    return jax.tree.map(single, state, is_leaf=_is_masked)
+
+  def is_params_shaped(x: Any) -> bool:
+    if isinstance(x, grouping.LeafGroups):
+      return True
+    if _is_masked(x) or x is None:
+      return False
+    try:
+      leaves = p_def.flatten_up_to(x)
+    except (ValueError, TypeError):
+      return False
+    return all(_is_masked(l) or hasattr(l, "shape") for l in leaves)
 
   return jax.tree.map(
-    lambda x: params_subtree(x) if is_params_shaped(x) else non_param(x),
-    tx_or_state,
+    lambda x: rule.params_subtree(x) if is_params_shaped(x) else rule.non_param(x),
+    state,
     is_leaf=lambda x: is_params_shaped(x) or _is_masked(x),
   )
 

@@ -1,7 +1,7 @@
 """Sparse gradient leaves: `optadam.IndexedSlices` and ``jax.experimental.sparse.BCOO``.
 
 Keras receives ``tf.IndexedSlices`` gradients (row ``indices``, ``values`` of shape
-``[k, *dense_shape[1:]]``) from gathers and embedding lookups. Keras 2 (SPEC §7)
+``[k, *dense_shape[1:]]``) from gathers and embedding lookups. Keras 2 (docs: :ref:`sparse-gradients`)
 
 1. clips them on their raw values (norms over the values, duplicates included),
 2. sums the values of repeated indices (``_deduplicate_sparse_grad``),
@@ -25,7 +25,6 @@ This module holds the leaf type and the hooks the core transforms call:
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any
 
 import jax
@@ -35,22 +34,11 @@ import numpy as np
 from optadam import _tree
 from optadam import hyperparams
 from optadam._indexed_slices import _INT32_MAX, IndexedSlices
-
-
-def _bcoo_type() -> Any:
-  # A BCOO can only exist if jax.experimental.sparse was imported; don't import it here.
-  module = sys.modules.get("jax.experimental.sparse")
-  return getattr(module, "BCOO", None)
+from optadam._tree import is_sparse
 
 
 def _is_bcoo(x: Any) -> bool:
-  bcoo = _bcoo_type()
-  return bcoo is not None and isinstance(x, bcoo)
-
-
-def is_sparse(x: Any) -> bool:
-  """True for sparse gradient leaves: `IndexedSlices` and ``jax.experimental.sparse.BCOO``."""
-  return isinstance(x, IndexedSlices) or _is_bcoo(x)
+  return is_sparse(x) and not isinstance(x, IndexedSlices)
 
 
 def values_of(g: Any) -> Any:
@@ -67,7 +55,7 @@ def with_values(g: Any, values: Any) -> Any:
   if isinstance(g, IndexedSlices):
     return g.with_values(values)
   if _is_bcoo(g):
-    return _bcoo_type()(
+    return _tree.bcoo_type()(
       (values, g.indices),
       shape=g.shape,
       indices_sorted=g.indices_sorted,

@@ -131,9 +131,25 @@ def add_decayed_weights(
   Returns:
     An `optax.GradientTransformation` whose ``update`` needs ``params``.
   """
-  hyperparams.check_number("weight_decay", weight_decay, allow_callable=False)
   if learning_rate is not None:
     hyperparams.check_number("learning_rate", learning_rate)
+  patterns = check_args(weight_decay, exclude_from_weight_decay)
+  if isinstance(weight_decay, (int, float)):  # Keras 2's tf.cast goes through float32
+    weight_decay = float(np.float32(weight_decay))
+  if learning_rate is None:
+    tx = optax.add_decayed_weights(weight_decay)  # exactly Keras's decay before the lr scaling
+  else:
+    tx = _decay_after_learning_rate(weight_decay, learning_rate)
+  if patterns:
+    tx = _masked(tx, exclusion_mask(patterns))
+  if weight_decay_mask is not None:
+    tx = _masked(tx, weight_decay_mask)
+  return tx
+
+
+def check_args(weight_decay: Any, exclude_from_weight_decay: Any) -> list[str]:
+  """Validates the decay rate and the exclusion patterns; returns the patterns as a list."""
+  hyperparams.check_number("weight_decay", weight_decay, allow_callable=False)
   if isinstance(exclude_from_weight_decay, str):
     raise TypeError(
       "`exclude_from_weight_decay` must be a list of regular expressions; got "
@@ -152,14 +168,4 @@ def add_decayed_weights(
       raise ValueError(
         f"`exclude_from_weight_decay` pattern {p!r} is not a valid regular expression: {e}."
       ) from None
-  if isinstance(weight_decay, (int, float)):  # Keras 2's tf.cast goes through float32
-    weight_decay = float(np.float32(weight_decay))
-  if learning_rate is None:
-    tx = optax.add_decayed_weights(weight_decay)  # exactly Keras's decay before the lr scaling
-  else:
-    tx = _decay_after_learning_rate(weight_decay, learning_rate)
-  if patterns:
-    tx = _masked(tx, exclusion_mask(patterns))
-  if weight_decay_mask is not None:
-    tx = _masked(tx, weight_decay_mask)
-  return tx
+  return patterns

@@ -427,12 +427,16 @@ def scenario_grouped_mesh2x4():
     grouped = {m.index for g in mu.layout.groups for m in g.members}
     assert grouped and not grouped & set(small_sharded), (grouped, small_sharded)
     # The other ways of building the state give the same layout: the recipe on a fresh
-    # optimizer (state_shardings of ShapeDtypeStructs, then a traced init), and eval_shape.
+    # optimizer (its layout fixed from ShapeDtypeStructs, state_shardings of them, then a
+    # traced init), and eval_shape.
     abstract = jax.tree.map(
       lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params0
     )
-    fresh = optadam.adam(1e-2, **kw, **extra, group_small_leaves=4096)
+    fresh = optadam.adam(1e-2, **kw, **extra, group_small_leaves=4096).with_group_layout(abstract)
     sh = optadam.state_shardings(fresh, abstract)
+    assert jax.tree.structure(optadam.state_shardings(grouped_tx, abstract)) == (
+      jax.tree.structure(sh)
+    )
     pinned = jax.jit(fresh.init, out_shardings=sh)(params0)
     assert jax.tree.structure(pinned) == jax.tree.structure(state)
     assert jax.tree.structure(jax.eval_shape(fresh.init, abstract)) == jax.tree.structure(state)

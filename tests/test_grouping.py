@@ -20,6 +20,7 @@ import optax
 import pytest
 
 import optadam
+from optadam import clipping
 from optadam import grouping
 from benchmarks.hlo import _FREE_OPS, entry_instructions
 from helpers import checkpoint_keys
@@ -419,7 +420,7 @@ def test_segment_sums_of_squares_match_each_leaf(sizes):
   r = np.random.RandomState(len(sizes))
   for group in layout.groups:
     flat = r.randn(group.size).astype(np.float32)
-    got = np.asarray(jax.jit(lambda x, g=group: grouping.segment_sums_of_squares(g, x))(flat))
+    got = np.asarray(jax.jit(lambda x, g=group: clipping.segment_sums_of_squares(g, x))(flat))
     want = [
       np.sum(np.square(flat[m.offset : m.offset + m.size], dtype=np.float64)) for m in group.members
     ]
@@ -429,7 +430,7 @@ def test_segment_sums_of_squares_match_each_leaf(sizes):
       for bad, expect in ((np.inf, np.isposinf), (np.nan, np.isnan)):
         poisoned = flat.copy()
         poisoned[m.offset + m.size - 1] = bad
-        out = np.asarray(grouping.segment_sums_of_squares(group, jnp.asarray(poisoned)))
+        out = np.asarray(clipping.segment_sums_of_squares(group, jnp.asarray(poisoned)))
         assert expect(out[group.members.index(m)])
         others = [i for i, x in enumerate(group.members) if x is not m]
         np.testing.assert_allclose(out[others], np.asarray(want)[others], rtol=2e-6)
@@ -445,19 +446,32 @@ def test_clipnorm_groups_tiny_leaves_apart():
   assert [sorted(m.size for m in g.members) for g in plain.groups] == [sorted(sizes)]
 
 
-def test_traced_init_reuses_the_layout_of_an_eager_one():
-  """jit(init) and eval_shape(init) build the layout an init on arrays built (same tree).
+def test_layout_is_decided_from_what_init_is_given():
+  """init decides the layout from its parameters only (never from earlier calls): eager, jit
+  and eval_shape agree on one device; `with_group_layout` fixes a layout for every init.
 
-  On one device nothing is sharded, so the layouts agree anyway; the memo is what keeps them
-  equal on a mesh, where a traced init sees no shardings (tests/test_sharding.py, 2x4 mesh).
+  On a mesh a traced init sees no shardings, so there the layout is fixed from the sharded
+  structs (tests/test_sharding.py, 2x4 mesh).
   """
   params = jax.tree.map(jnp.asarray, make_params())
   tx = optadam.adam(clipnorm=1.0, use_ema=True, group_small_leaves=THRESHOLD)
-  traced_first = jax.eval_shape(tx.init, params)  # nothing remembered yet: shapes and dtypes
+  traced_first = jax.eval_shape(tx.init, params)
   eager = tx.init(params)
   assert jax.tree.structure(traced_first) == jax.tree.structure(eager)
   assert_bitwise(jax.jit(tx.init)(params), eager)
-  assert jax.tree.structure(jax.eval_shape(tx.init, params)) == jax.tree.structure(eager)
+  assert tx.group_layout is None
+  # A layout fixed from other "parameters" (here: every leaf of at most 8 elements) is used by
+  # every init, whatever the threshold would decide from the parameters given.
+  small = jax.tree.map(lambda p: jnp.zeros(p.shape, p.dtype), params)
+  fixed = optadam.adam(clipnorm=1.0, use_ema=True, group_small_leaves=8).with_group_layout(small)
+  assert fixed.group_layout is not None
+  fixed_state = fixed.init(params)
+  assert jax.tree.structure(jax.eval_shape(fixed.init, params)) == jax.tree.structure(fixed_state)
+  assert fixed_state.adam.mu.layout == fixed.group_layout
+  with pytest.raises(ValueError, match="tree structure"):
+    fixed.init({"other": jnp.zeros(3)})
+  with pytest.raises(ValueError, match="group_small_leaves"):
+    optadam.adam().with_group_layout(params)
   # Python scalars and NumPy leaves are fine too (their dtype is read without tracing).
   mixed = {"a": np.ones(3, np.float32), "b": np.zeros(5, np.float32), "c": 0.5}
   state = optadam.adam(group_small_leaves=8).init(mixed)

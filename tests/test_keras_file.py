@@ -196,13 +196,13 @@ def test_keras3_semantics():
 def test_ema_style_and_jit_compile_follow_the_writer(monkeypatch):
   """Keras 3 files get ema_style="keras3"; the file's jit_compile (TF 2.15: false) is dropped."""
   seen = {}
-  real = optadam.keras_file.keras_compat.from_keras_config
+  real = optadam.keras_file.keras_config.from_keras_config
 
   def spy(config, **overrides):
     seen.update(config=config, overrides=overrides)
     return real(config, **overrides)
 
-  monkeypatch.setattr(optadam.keras_file.keras_compat, "from_keras_config", spy)
+  monkeypatch.setattr(optadam.keras_file.keras_config, "from_keras_config", spy)
   for name, style in (("keras3_amsgrad_ema.keras", "keras3"), ("tf215_amsgrad_ema.keras", None)):
     params, names = flax_params(optadam.read_keras_file(fixture(name)))
     tx, _ = optadam.from_keras_file(fixture(name), params, names=names)

@@ -1,22 +1,16 @@
-"""Keras configurations in and out, and Keras optimizer state in (SPEC §9)."""
+"""Keras configurations in and out: `get_config` and `from_keras_config`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from optadam import _tree
 from optadam import alias
-from optadam import ema as ema_lib
-from optadam import grouping
 from optadam import hyperparams
-from optadam import keras3
 from optadam import loss_scaling
 from optadam import schedules
+from optadam.chain import KerasAdam
 
 KERAS2_KEYS = (
   "name",
@@ -92,7 +86,7 @@ def _plain(name: str, value: Any) -> Any:
   return number
 
 
-def get_config(tx: alias.KerasAdam, *, keras_version: int = 2) -> dict[str, Any]:
+def get_config(tx: KerasAdam, *, keras_version: int = 2) -> dict[str, Any]:
   """The Keras ``get_config()`` dict of an `optadam.adam` optimizer (JSON-serialisable).
 
   ``keras_version=2`` (default) gives Keras 2's keys (a float learning rate as its
@@ -111,12 +105,12 @@ def get_config(tx: alias.KerasAdam, *, keras_version: int = 2) -> dict[str, Any]
     raise ValueError(f"`keras_version` must be 2 or 3; got {keras_version!r}.")
   if isinstance(tx, loss_scaling.LossScaleOptimizer):
     return _loss_scale_config(tx, keras_version)
-  if not isinstance(tx, alias.KerasAdam):
+  if not isinstance(tx, KerasAdam):
     raise TypeError(
       "get_config needs the optimizer returned by optadam.adam or "
       f"optadam.loss_scale_optimizer(optadam.adam(...)); got {type(tx).__name__}."
     )
-  args = tx.keras_args
+  args = tx.config.keras_args
   config = {
     "name": args["name"],
     "weight_decay": _plain("weight_decay", args["weight_decay"]),
@@ -141,7 +135,7 @@ def get_config(tx: alias.KerasAdam, *, keras_version: int = 2) -> dict[str, Any]
   return config
 
 
-def from_keras_config(config: dict[str, Any], **overrides: Any) -> alias.KerasAdam:
+def from_keras_config(config: dict[str, Any], **overrides: Any) -> KerasAdam:
   """Builds `optadam.adam` from a Keras Adam configuration.
 
   Accepts a Keras 2 ``optimizer.get_config()`` dict, a Keras 3 one, or the
@@ -196,7 +190,7 @@ def from_keras_config(config: dict[str, Any], **overrides: Any) -> alias.KerasAd
 
 
 def _serialized_adam(tx: Any, keras_version: int) -> dict[str, Any]:
-  if not isinstance(tx, alias.KerasAdam):
+  if not isinstance(tx, KerasAdam):
     raise TypeError(
       f"get_config of a loss_scale_optimizer needs optadam.adam inside it; got {type(tx).__name__}."
     )
@@ -283,192 +277,4 @@ def _loss_scale_from_config(config: dict[str, Any], overrides: dict[str, Any]) -
   tx = loss_scaling.loss_scale_optimizer(
     from_keras_config(inner_config, **overrides), initial_scale, growth, style=style
   )
-  if name is not None:
-    tx.name = name
-  return tx
-
-
-# --- optimizer state in ----------------------------------------------------------------------
-
-
-def _layout(n: int, count: int, use_ema: bool, amsgrad: bool) -> Optional[dict[str, Any]]:
-  """Positions in a Keras optimizer's `variables` (Keras 2 and Keras 3 layouts)."""
-  base = 1 + n * (2 + use_ema + amsgrad)
-  for lr_slot, acc in ((0, 0), (1, 0), (0, 1), (1, 1)):  # Keras 3: learning_rate var, accumulators
-    if count == base + lr_slot + acc * n:
-      start = 1 + lr_slot
-      avg = list(range(start, start + n)) if use_ema else []
-      start += n if use_ema else 0
-      accs = list(range(start, start + n)) if acc else []
-      start += n if acc else 0
-      m = [start + 2 * i for i in range(n)]
-      v = [start + 2 * i + 1 for i in range(n)]
-      start += 2 * n
-      vhat = list(range(start, start + n)) if amsgrad else []
-      return {"avg": avg, "acc": accs, "m": m, "v": v, "vhat": vhat}
-  return None
-
-
-def _with_counts(state: Any, value: jax.Array) -> Any:
-  """`state` with the `count` of every transform's state set to `value`."""
-  has_count = lambda x: hasattr(x, "_fields") and "count" in x._fields
-  return jax.tree.map(
-    lambda x: x._replace(count=value) if has_count(x) else x, state, is_leaf=has_count
-  )
-
-
-def state_from_keras(
-  tx: alias.KerasAdam,
-  variables: Sequence[Any],
-  params: Any,
-  order: Optional[Sequence[str]] = None,
-  *,
-  loss_scale: Any = None,
-  dynamic_counter: Any = None,
-) -> Any:
-  """An optadam state from a Keras 2 or Keras 3 Adam's ``optimizer.variables``.
-
-  Keras 2's order is: iteration, one EMA average per variable (with EMA), then
-  m and v interleaved per variable, then v-hat per variable (with amsgrad).
-  Keras 3 adds the learning-rate variable after the iteration (float learning
-  rates) and gradient accumulators after the averages.
-
-  Args:
-    tx: the `optadam.adam` optimizer that will continue the run (its amsgrad and
-      use_ema decide the layout).
-    variables: the values of ``optimizer.variables`` (numpy arrays), in order.
-    params: the parameters, a pytree.
-    order: the "/"-joined pytree paths of `params` in Keras's variable order
-      (default: the order of ``jax.tree.leaves(params)``).
-
-    loss_scale: Keras 2 ``LossScaleOptimizer`` only: ``lso.loss_scale`` (Keras 2's
-      ``lso.variables`` are the inner Adam's only; its scale and counter live apart).
-    dynamic_counter: Keras 2 ``LossScaleOptimizer`` only: ``lso.dynamic_counter``.
-
-  For `optadam.loss_scale_optimizer` around `optadam.adam`, `variables` are either
-  Keras 3's ``lso.variables`` (its own iteration, learning_rate, step_counter and
-  dynamic_scale, then the inner Adam's), or Keras 2's ``lso.variables`` (the inner
-  Adam's) together with `loss_scale` and `dynamic_counter`.
-
-  Returns:
-    The state ``tx.init(params)`` would give, with step counts, moments, v-hat
-    and averages taken from Keras (and the loss scale and its counter).
-
-  Raises:
-    ValueError: when the number or shapes of the variables do not fit.
-  """
-  if isinstance(tx, loss_scaling.LossScaleOptimizer):
-    return _loss_scale_state_from_keras(tx, variables, params, order, loss_scale, dynamic_counter)
-  if loss_scale is not None or dynamic_counter is not None:
-    raise ValueError(
-      "`loss_scale` / `dynamic_counter` are for a loss_scale_optimizer; this optimizer has none."
-    )
-  args = tx.keras_args
-  use_ema, amsgrad = bool(args["use_ema"]), bool(args["amsgrad"])
-  paths_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  paths = [_tree.path_str(p) for p, _ in paths_leaves]
-  leaves = [leaf for _, leaf in paths_leaves]
-  if order is None:
-    keras_index = list(range(len(leaves)))
-  else:
-    missing = sorted(set(order) ^ set(paths))
-    if missing or len(order) != len(paths):
-      raise ValueError(
-        f"`order` must name every parameter path once; mismatched: {missing}. "
-        f"Parameter paths: {paths}."
-      )
-    keras_index = [list(order).index(p) for p in paths]  # tree leaf -> Keras position
-  n = len(leaves)
-  layout = _layout(n, len(variables), use_ema, amsgrad)
-  if layout is None:
-    raise ValueError(
-      f"Got {len(variables)} Keras optimizer variables for {n} parameters "
-      f"(use_ema={use_ema}, amsgrad={amsgrad}); expected {1 + n * (2 + use_ema + amsgrad)} "
-      "(Keras 2) or that plus the learning rate / accumulators (Keras 3)."
-    )
-  iteration = int(np.asarray(variables[0]))
-
-  def pick(kind):
-    out = []
-    for leaf_i, leaf in enumerate(leaves):
-      value = np.asarray(variables[layout[kind][keras_index[leaf_i]]])
-      if value.shape != np.shape(leaf):
-        raise ValueError(
-          f"Keras variable for {kind} of {paths[leaf_i]!r} has shape {value.shape}; "
-          f"the parameter has shape {np.shape(leaf)}."
-        )
-      out.append(value)
-    return out
-
-  grouped = tx.init(params)
-  state = grouping.ungroup_state(grouped)  # filled per parameter path, packed again at the end
-  inner = state.inner if isinstance(state, keras3.GradientAccumulationState) else state
-  k = args["gradient_accumulation_steps"] or 1
-  real = iteration // k
-  treedef = jax.tree.structure(params)
-
-  def tree_of(values, like):
-    return jax.tree.map(
-      lambda ref, v: jnp.asarray(v, jnp.asarray(ref).dtype), like, treedef.unflatten(values)
-    )
-
-  count = lambda c: jnp.asarray(min(c, np.iinfo(np.int32).max), jnp.int32)
-  adam_state = inner.adam._replace(
-    count=count(real),
-    mu=tree_of(pick("m"), inner.adam.mu),
-    nu=tree_of(pick("v"), inner.adam.nu),
-    nu_max=tree_of(pick("vhat"), inner.adam.nu_max) if amsgrad else None,
-  )
-  inner = _with_counts(inner._replace(adam=adam_state), count(real))
-  if use_ema:
-    inner = inner._replace(
-      ema=ema_lib.ParameterEmaState(count=count(real), ema=tree_of(pick("avg"), inner.ema.ema))
-    )
-  if isinstance(state, keras3.GradientAccumulationState):
-    acc = tree_of(pick("acc"), state.acc) if layout["acc"] else state.acc
-    return grouping.regroup_state(
-      state._replace(count=count(iteration), acc=acc, inner=inner), grouped
-    )
-  return grouping.regroup_state(inner, grouped)
-
-
-_KERAS3_LSO_OWN = 4  # Keras 3 lso.variables: iteration, learning_rate, step_counter, dynamic_scale
-
-
-def _loss_scale_state_from_keras(
-  tx: loss_scaling.LossScaleOptimizer,
-  variables: Sequence[Any],
-  params: Any,
-  order: Optional[Sequence[str]],
-  scale: Any,
-  counter: Any,
-) -> loss_scaling.LossScaleState:
-  """A `LossScaleState` from a Keras 2 or Keras 3 LossScaleOptimizer's variables."""
-  if (scale is None) != (counter is None):
-    raise ValueError(
-      "Pass both `loss_scale` and `dynamic_counter` (Keras 2's lso.loss_scale and "
-      "lso.dynamic_counter), or neither (Keras 3's lso.variables hold them)."
-    )
-  variables = list(variables)
-  if scale is None:
-    if len(variables) <= _KERAS3_LSO_OWN:
-      raise ValueError(
-        f"Got {len(variables)} variables: Keras 3's LossScaleOptimizer.variables start with "
-        "iteration, learning_rate, step_counter and dynamic_scale, then the inner Adam's. For "
-        "Keras 2 pass lso.variables with loss_scale=lso.loss_scale and "
-        "dynamic_counter=lso.dynamic_counter."
-      )
-    counter, scale = variables[2], variables[3]
-    variables = variables[_KERAS3_LSO_OWN:]
-  inner = state_from_keras(tx.inner, variables, params, order)
-  scale = np.asarray(scale, np.float32)
-  counter = np.asarray(counter)
-  if scale.shape != () or counter.shape != () or not np.issubdtype(counter.dtype, np.integer):
-    raise ValueError(
-      f"The loss scale and its counter must be scalars (float, int); got {scale!r}, {counter!r}."
-    )
-  return loss_scaling.LossScaleState(
-    scale=jnp.asarray(scale, jnp.float32),
-    good_steps=jnp.asarray(min(int(counter), np.iinfo(np.int32).max), jnp.int32),
-    inner=inner,
-  )
+  return tx if name is None else tx.with_name(name)

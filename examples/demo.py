@@ -13,7 +13,7 @@ The demo shows Keras 2's ``Adam`` arguments driving a real JAX training run:
 The 8x8 digit images (1797 of them, bundled with scikit-learn: no download) are
 split 80/20 into train/validation with a fixed seed. A PNG of the training loss
 and the validation accuracy (raw vs EMA weights) per epoch is written to
-``demo_out/loss_curve.png``. Run ``python -m optadam.demo --help`` for the options.
+``demo_out/loss_curve.png``. Run ``python examples/demo.py --help`` for the options.
 """
 
 from __future__ import annotations
