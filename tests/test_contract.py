@@ -444,7 +444,7 @@ def mesh_results():
   env["JAX_PLATFORMS"] = "cpu"
   env.pop("JAX_ENABLE_X64", None)
   proc = subprocess.run(
-    [sys.executable, os.path.join(HERE, "contract_mesh_worker.py")],
+    [sys.executable, os.path.join(HERE, "support", "contract_mesh_worker.py")],
     env=env,
     capture_output=True,
     text=True,

@@ -790,7 +790,7 @@ def test_sharded_decision_is_global(report):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
   env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(here), env.get("PYTHONPATH", "")])
   proc = subprocess.run(
-    [sys.executable, os.path.join(here, "loss_scale_worker.py")],
+    [sys.executable, os.path.join(here, "support", "loss_scale_worker.py")],
     env=env,
     capture_output=True,
     text=True,

@@ -23,7 +23,7 @@ import time
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, "multiprocess_worker.py")
+WORKER = os.path.join(HERE, "support", "multiprocess_worker.py")
 NUM_PROCESSES = 2
 TIMEOUT_S = 240
 SCENARIOS = (

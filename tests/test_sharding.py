@@ -23,7 +23,7 @@ from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 import optadam
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, "sharding_worker.py")
+WORKER = os.path.join(HERE, "support", "sharding_worker.py")
 WORKER_TIMEOUT_S = 300
 
 
