@@ -20,7 +20,7 @@ import optadam
 from helpers import worst_relative, worst_ulps
 from reference import reference_adam
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
+GOLDEN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "golden")
 SCENARIOS = sorted(
   os.path.basename(p)[:-5]
   for p in glob.glob(os.path.join(GOLDEN, "*.json"))

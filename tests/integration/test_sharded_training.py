@@ -22,8 +22,8 @@ from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
 import optadam
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, "support", "sharding_worker.py")
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/, above integration/
+WORKER = os.path.join(TESTS, "support", "sharding_worker.py")
 WORKER_TIMEOUT_S = 300
 
 
@@ -39,7 +39,7 @@ def worker_results():
     capture_output=True,
     text=True,
     timeout=WORKER_TIMEOUT_S,
-    cwd=os.path.dirname(HERE),
+    cwd=os.path.dirname(TESTS),
   )
   results = {}
   for line in proc.stdout.splitlines():
