@@ -61,8 +61,8 @@ test-latest:
 MIN_PYTHON ?= $(PYTHON)
 MIN_VENV   := .venv-min
 MIN_STAMP  := $(MIN_VENV)/.installed-min
-CORE_TESTS := tests/test_adam_api.py tests/test_adam_parity.py tests/integration/test_golden.py \
-  tests/test_ema.py tests/test_sparse.py tests/test_schedules.py tests/test_keras3_extras.py
+CORE_TESTS := tests/test_alias.py tests/test_alias_parity.py tests/integration/test_golden.py \
+  tests/test_ema.py tests/test_sparse.py tests/test_schedules.py tests/test_keras3.py
 
 $(MIN_STAMP): pyproject.toml tools/min_requirements.py
 	rm -rf $(MIN_VENV)

@@ -24,7 +24,7 @@ GOLDEN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 SCENARIOS = sorted(
   os.path.basename(p)[:-5]
   for p in glob.glob(os.path.join(GOLDEN, "*.json"))
-  if not os.path.basename(p).startswith("loss_scale_")  # tests/test_loss_scale.py reads those
+  if not os.path.basename(p).startswith("loss_scale_")  # tests/test_loss_scaling.py reads those
 )
 DTYPES = {
   "float32": jnp.float32,
