@@ -396,7 +396,7 @@ def test_keras3_style_differs_from_tf215_where_keras_does():
   assert run(name, "keras3")[-1]["iterations"] == 26
 
 
-# --- API: validation, loss_scale / scale_loss, leaves --------------------------------------------
+# --- API: validation, state, leaves -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -483,39 +483,6 @@ def test_sparse_leaves_equal_their_dense_gradient(style):
   bad = {"emb": optadam.IndexedSlices(values.at[2, 1].set(jnp.inf), idx, (6, 2))}
   ub, sb = jax.jit(tx.update)(bad, tx.init(params), params)
   assert not np.asarray(ub["emb"]).any() and float(sb.scale) == 500.0
-
-
-def test_loss_scale_and_scale_loss_in_nested_wrappers():
-  lso = optadam.loss_scale_optimizer(optadam.adam(0.01), 2.0**12, 3)
-  params = {"w": jnp.ones(3)}
-  for tx in (
-    optax.chain(optax.identity(), lso),
-    optax.MultiSteps(lso, every_k_schedule=2),
-    optax.named_chain(("scaled", lso)),
-    optax.inject_hyperparams(lambda learning_rate: optax.chain(lso, optax.scale(learning_rate)))(
-      learning_rate=1.0
-    ),
-  ):
-    state = tx.init(params)
-    assert float(optadam.loss_scale(state)) == 4096.0
-    assert float(jax.jit(optadam.loss_scale)(state)) == 4096.0
-  for dtype in (jnp.float32, jnp.float16, jnp.bfloat16):
-    scaled = optadam.scale_loss(jnp.asarray(0.75, dtype), state)
-    assert scaled.dtype == dtype and float(scaled) == 3072.0
-  with pytest.raises(ValueError, match="no loss scale"):
-    optadam.loss_scale(optadam.adam().init(params))
-  two = optax.chain(lso, lso).init(params)
-  with pytest.raises(ValueError, match="2 loss scales"):
-    optadam.loss_scale(two)
-
-
-def test_scale_loss_inside_grad_gives_the_scaled_gradient():
-  tx = optadam.loss_scale_optimizer(optadam.adam(0.01), 2.0**10)
-  params = {"w": jnp.asarray([0.5, -1.0, 2.0])}
-  state = tx.init(params)
-  loss = lambda p: jnp.sum(p["w"] ** 2)
-  g = jax.jit(jax.grad(lambda p, s: optadam.scale_loss(loss(p), s)))(params, state)
-  np.testing.assert_array_equal(g["w"], 2.0**10 * 2 * params["w"])
 
 
 # --- optax wrappers, jit, Orbax ---------------------------------------------------------------

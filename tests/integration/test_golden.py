@@ -1,14 +1,12 @@
 """Parity with the real TF 2.15 `tf.keras.optimizers.Adam`: golden trajectories in tests/golden/.
 
 The files are made by `tools/make_keras2_golden.py` (`make golden`, in its own venv);
-these tests need only numpy to read them. See tools/README.md for the format.
+these tests need only numpy to read them (`support/golden.py`, which also gives test_keras_config.py
+and test_keras_state.py their configs and variables). See tools/README.md for the format.
 """
 
 from __future__ import annotations
 
-import glob
-import json
-import os
 from typing import Any
 
 import jax
@@ -17,67 +15,9 @@ import numpy as np
 import pytest
 
 import optadam
+from golden import SCENARIOS, Golden
 from helpers import worst_relative, worst_ulps
 from reference import reference_adam
-
-GOLDEN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "golden")
-SCENARIOS = sorted(
-  os.path.basename(p)[:-5]
-  for p in glob.glob(os.path.join(GOLDEN, "*.json"))
-  if not os.path.basename(p).startswith("loss_scale_")  # tests/test_loss_scaling.py reads those
-)
-DTYPES = {
-  "float32": jnp.float32,
-  "float64": jnp.float64,
-  "float16": jnp.float16,
-  "bfloat16": jnp.bfloat16,
-}
-
-
-class Golden:
-  """One scenario: metadata, inputs and TF's trajectory."""
-
-  def __init__(self, name: str):
-    with open(os.path.join(GOLDEN, name + ".json")) as f:
-      self.meta = json.load(f)
-    self.z = dict(np.load(os.path.join(GOLDEN, name + ".npz")))
-    self.names = self.meta["param_names"]
-    self.dtypes = [DTYPES[d] for d in self.meta["param_dtypes"]]
-    self.steps = self.meta["steps"]
-    self.x64 = any(d == jnp.float64 for d in self.dtypes)
-
-  def params(self, key: str = "init") -> dict[str, Any]:
-    fmt = "param_{i}_init" if key == "init" else "param_{key}_{i}"
-    return {
-      n: jnp.asarray(self.z[fmt.format(i=i, key=key)], d)
-      for i, (n, d) in enumerate(zip(self.names, self.dtypes))
-    }
-
-  def grads(self, s: int) -> dict[str, Any]:
-    out = {}
-    for i, (n, d) in enumerate(zip(self.names, self.dtypes)):
-      if f"grad_{s}_{i}" in self.z:
-        out[n] = jnp.asarray(self.z[f"grad_{s}_{i}"], d)
-      elif f"grad_{s}_{i}_values" in self.z:
-        out[n] = optadam.IndexedSlices(
-          jnp.asarray(self.z[f"grad_{s}_{i}_values"], d),
-          jnp.asarray(self.z[f"grad_{s}_{i}_indices"], jnp.int32),
-          tuple(int(x) for x in self.z[f"grad_{s}_{i}_dense_shape"]),
-        )
-      else:
-        out[n] = None
-    return out
-
-  def expected(self, s: int) -> dict[str, np.ndarray]:
-    return {n: self.z[f"param_{s}_{i}"] for i, n in enumerate(self.names)}
-
-  def kwargs(self) -> dict[str, Any]:
-    kwargs = dict(self.meta["kwargs"])
-    if isinstance(kwargs.get("learning_rate"), dict):
-      kwargs["learning_rate"] = optadam.schedules.deserialize(kwargs["learning_rate"])
-    if self.meta["exclude_from_weight_decay"]:
-      kwargs["exclude_from_weight_decay"] = self.meta["exclude_from_weight_decay"]
-    return kwargs
 
 
 def run(tx, golden: Golden, params, state, steps) -> tuple[list[dict[str, np.ndarray]], Any]:
@@ -148,21 +88,6 @@ def test_resume_from_keras_state(name):
   assert worst_relative(ours, theirs) <= (1e-13 if g.x64 else 1e-6)
 
 
-def test_state_import_errors():
-  g = Golden("defaults")
-  tx = optadam.adam()
-  params = g.params()
-  variables = [g.z[f"optvar_{j}"] for j in range(len(g.meta["variables_names"]))]
-  with pytest.raises(ValueError, match="optimizer variables"):
-    optadam.state_from_keras(tx, variables[:-1], params, order=g.names)
-  with pytest.raises(ValueError, match="order"):
-    optadam.state_from_keras(tx, variables, params, order=g.names[:-1] + ["nope"])
-  swapped = list(variables)
-  swapped[1], swapped[3] = swapped[3], swapped[1]  # m of kernel <-> m of bias: shapes differ
-  with pytest.raises(ValueError, match="shape"):
-    optadam.state_from_keras(tx, swapped, params, order=g.names)
-
-
 def test_bfloat16_optadam_moves_where_keras2_does_not():
   """SPEC §2 (optadam decides): Keras 2 rounds beta_2 to 1.0 in bfloat16 and never moves."""
   g, ours, theirs, _ = _compare("bfloat16", "kwargs")
@@ -199,70 +124,3 @@ def test_float16_moments_underflow_like_keras_unless_kept_in_float32(report):
   )
   assert err_keras > 0.1 and err_default > 0.1  # the underflow artifact, in both
   assert err_f32 < 5e-3  # float16 parameter rounding only
-
-
-def test_configs_round_trip():
-  for name in SCENARIOS:
-    cfg = Golden(name).meta["config"]
-    tx = optadam.from_keras_config(cfg)
-    out = optadam.get_config(tx)
-    assert json.loads(json.dumps(out)) == out
-    assert out == cfg, name
-    wrapped = {
-      "module": "keras.optimizers",
-      "class_name": "Adam",
-      "config": cfg,
-      "registered_name": None,
-    }
-    assert optadam.get_config(optadam.from_keras_config(wrapped)) == cfg
-
-
-def test_keras3_config_round_trip():
-  import keras  # pylint: disable=import-outside-toplevel
-
-  k3 = keras.optimizers.Adam(
-    learning_rate=0.01,
-    amsgrad=True,
-    weight_decay=0.004,
-    clipnorm=1.0,
-    use_ema=True,
-    ema_overwrite_frequency=3,
-    loss_scale_factor=128.0,
-    gradient_accumulation_steps=2,
-  )
-  cfg = json.loads(json.dumps(k3.get_config()))
-  tx = optadam.from_keras_config(cfg)
-  assert optadam.get_config(tx, keras_version=3) == cfg
-  assert (
-    optadam.from_keras_config(json.loads(json.dumps(keras.optimizers.serialize(k3)))).keras_args[
-      "gradient_accumulation_steps"
-    ]
-    == 2
-  )
-
-
-@pytest.mark.parametrize(
-  "bad,error,word",
-  [
-    ({"class_name": "SGD", "config": {}}, ValueError, "SGD"),
-    ({"class_name": "Adam"}, ValueError, "config"),
-    ({"learning_rate": 0.1, "momentum": 0.9}, ValueError, "momentum"),
-    ({"learning_rate": {"class_name": "NoSuchDecay", "config": {}}}, ValueError, "NoSuchDecay"),
-    ({"learning_rate": "fast"}, ValueError, "learning_rate"),
-    ({"beta_1": 1.2}, ValueError, "beta_1"),
-    ({"is_legacy_optimizer": True}, ValueError, "legacy"),
-    ([("learning_rate", 0.1)], TypeError, "dict"),
-  ],
-)
-def test_malformed_configs(bad, error, word):
-  with pytest.raises(error, match=word):
-    optadam.from_keras_config(bad)
-
-
-def test_get_config_of_callables():
-  assert optadam.get_config(optadam.adam(learning_rate=lambda: 0.5))["learning_rate"] == 0.5
-  with pytest.raises(TypeError, match="schedule"):
-    optadam.get_config(optadam.adam(learning_rate=lambda step: 0.1 / (1 + step)))
-  sched = optadam.schedules.ExponentialDecay(0.1, 10, 0.5)
-  cfg = optadam.get_config(optadam.adam(learning_rate=sched))
-  assert cfg["learning_rate"]["class_name"] == "ExponentialDecay"

@@ -1,4 +1,6 @@
-"""One process of a 2-process optadam training run on localhost (run by tests/integration/test_multiprocess.py).
+"""One process of a 2-process optadam training run on localhost.
+
+Run by tests/integration/test_multiprocess.py:
 
     python tests/support/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT WORK_DIR
 

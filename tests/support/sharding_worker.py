@@ -1,4 +1,4 @@
-"""Sharded training with optadam on 8 fake CPU devices (run by tests/integration/test_sharded_training.py).
+"""Sharded training with optadam on 8 fake CPU devices (run by test_sharded_training.py).
 
 XLA's host device count must be set before JAX initialises, so these checks run
 in this separate process:  python tests/support/sharding_worker.py [scenario ...]
