@@ -1,4 +1,7 @@
-"""Parameter EMA with overwrite (SPEC §5): worked example, reference, Keras 3, dtypes, wrappers."""
+"""Parameter EMA with overwrite: worked example, reference, Keras 3, dtypes, wrappers.
+
+As docs/semantics.md (parameter EMA) describes it.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Keras 3's `loss_scale_factor` and `gradient_accumulation_steps` (SPEC §10), against Keras 3."""
+"""Keras 3's `loss_scale_factor` and `gradient_accumulation_steps`, against Keras 3.
+
+As docs/semantics.md (Keras 3's options) describes them.
+"""
 
 from __future__ import annotations
 

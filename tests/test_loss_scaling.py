@@ -221,9 +221,9 @@ def test_matches_keras3_stateless_apply(name, report):
 def test_keras3_float16_parameters():
   """float16 variables and gradients. Keras 3 divides in float32 and its Adam casts the result to
   float16 (so does the wrapper: its updates are float16); optadam's float16 Adam is not Keras 3's
-  (SPEC §2), so the wrapper is compared with the plain optadam.adam fed Keras 3's unscaled
-  gradients, cast to float16, on the finite steps, and the scale, counter and iterations with
-  Keras 3 itself."""
+  (docs/semantics.md, one step), so the wrapper is compared with the plain optadam.adam fed
+  Keras 3's unscaled gradients, cast to float16, on the finite steps, and the scale, counter and
+  iterations with Keras 3 itself."""
   adam_kwargs = dict(learning_rate=0.01)
   lso_kwargs = dict(initial_scale=1000.0, dynamic_growth_steps=3)
   raw = [{k: v * 1e-2 for k, v in r.items()} for r in _raw_grads(20, seed=3)]
@@ -343,7 +343,8 @@ def test_trajectory_matches_tf215(name, report):
 def test_float16_golden_reciprocal_underflow():
   """TF 2.15 with float16 gradients: above a scale of 2**24, Keras 2's reciprocal cast to
   float16 is 0, so finite steps apply zero gradients. optadam's float16 Adam is not Keras 2's
-  (SPEC §2), so the wrapper is compared with plain optadam.adam fed g * float16(1/scale)."""
+  (docs/semantics.md, one step), so the wrapper is compared with plain optadam.adam fed
+  g * float16(1/scale)."""
   g = Golden("float16")
   fed = [g.grads(s) for s in range(g.steps)]
   ours, _ = run_wrapper(g.tx(), g.params(), fed)

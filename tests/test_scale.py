@@ -54,7 +54,10 @@ def test_invariant_to_diagonal_rescaling_when_epsilon_is_zero(seed, log_scales, 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_16bit_model_with_default_betas_moves(dtype):
-  """Keras 2 rounds beta_2=0.999 to 1.0 in bfloat16 and never moves; optadam does (SPEC §2)."""
+  """Keras 2 rounds beta_2=0.999 to 1.0 in bfloat16 and never moves; optadam does.
+
+  docs/semantics.md (one step): the betas' powers are never computed in a 16-bit dtype.
+  """
   params = {"w": jnp.ones(4, dtype)}
   tx = optadam.adam(learning_rate=0.01)
   state = tx.init(params)

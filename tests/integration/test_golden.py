@@ -89,7 +89,7 @@ def test_resume_from_keras_state(name):
 
 
 def test_bfloat16_optadam_moves_where_keras2_does_not():
-  """SPEC §2 (optadam decides): Keras 2 rounds beta_2 to 1.0 in bfloat16 and never moves."""
+  """docs/semantics.md (one step): Keras 2 rounds beta_2 to 1.0 in bfloat16 and never moves."""
   g, ours, theirs, _ = _compare("bfloat16", "kwargs")
   init = {n: np.asarray(g.z[f"param_{i}_init"]) for i, n in enumerate(g.names)}
   for k in init:
