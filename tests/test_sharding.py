@@ -14,11 +14,7 @@ from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 import optadam
 
 MESH = AbstractMesh((2, 4), ("data", "model"))
-
-
 SHAPES = {"w": (8, 16), "b": (16,), "odd": (3, 5), "s": ()}
-
-
 SPECS = {"w": P(None, "model"), "b": P("model"), "odd": P(), "s": P()}
 
 

@@ -59,7 +59,6 @@ def test_weight_decay_mask_combines_with_exclusion():
 
 # --- weight-decay masks with None gradients ----------------------------------------------
 
-
 WD_SHAPES = {
   "dense/kernel": (3, 2),
   "dense/bias": (2,),

@@ -17,15 +17,11 @@ import numpy as np
 import optadam
 
 GOLDEN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "golden")
-
-
 SCENARIOS = sorted(
   os.path.basename(p)[:-5]
   for p in glob.glob(os.path.join(GOLDEN, "*.json"))
   if not os.path.basename(p).startswith("loss_scale_")  # tests/test_loss_scaling.py reads those
 )
-
-
 DTYPES = {
   "float32": jnp.float32,
   "float64": jnp.float64,
