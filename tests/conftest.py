@@ -4,7 +4,8 @@ import os
 import sys
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-sys.path.insert(0, os.path.dirname(__file__))  # `import reference` from any test file
+# `import reference` / `import helpers` from any test file: the support code is in tests/support/
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
 import jax
 import pytest

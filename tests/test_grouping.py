@@ -6,7 +6,8 @@ every feature: clipping (per tensor, global, value), weight decay with
 exclusions, AMSGrad, EMA with overwrite, None gradients (a whole group, part of
 a group), 16-bit parameters with float32 moments, schedules, a large (ungrouped)
 leaf with a sparse gradient. It also pins the number of kernels of a many-leaf
-step, so that per-leaf kernels cannot silently come back.
+step, so that per-leaf kernels cannot silently come back. (The packed norms of the clips are
+in tests/test_clipping.py.)
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import optax
 import pytest
 
 import optadam
-from optadam import clipping
-from optadam import grouping
 from benchmarks.hlo import _FREE_OPS, entry_instructions
 from helpers import checkpoint_keys
 
@@ -399,59 +398,12 @@ def test_many_leaf_step_kernel_count():
   assert global_clip <= n + 32, global_clip
 
 
-def _member_sizes_layout(sizes):
-  params = {f"l{i:02d}": jax.ShapeDtypeStruct((s,), jnp.float32) for i, s in enumerate(sizes)}
-  layout = grouping.make_layout(params, max_size=10_000, rows=True)
-  return params, layout
-
-
-@pytest.mark.parametrize(
-  "sizes",
-  [
-    [33, 64, 100, 31 + 32, 1000, 45],  # rows split at every member boundary, a tail
-    [32, 64, 96],  # boundaries on rows, no tail
-    [1, 3, 2, 7, 5],  # tiny members: rows of one element
-    [4096, 40, 4096],
-  ],
-)
-def test_segment_sums_of_squares_match_each_leaf(sizes):
-  """The segmented sums of squares equal each member's own, to float32 summation error."""
-  _, layout = _member_sizes_layout(sizes)
-  r = np.random.RandomState(len(sizes))
-  for group in layout.groups:
-    flat = r.randn(group.size).astype(np.float32)
-    got = np.asarray(jax.jit(lambda x, g=group: clipping.segment_sums_of_squares(g, x))(flat))
-    want = [
-      np.sum(np.square(flat[m.offset : m.offset + m.size], dtype=np.float64)) for m in group.members
-    ]
-    np.testing.assert_allclose(got, want, rtol=2e-6)
-    # A non-finite element poisons its own member's sum only.
-    for m in group.members[:3]:
-      for bad, expect in ((np.inf, np.isposinf), (np.nan, np.isnan)):
-        poisoned = flat.copy()
-        poisoned[m.offset + m.size - 1] = bad
-        out = np.asarray(clipping.segment_sums_of_squares(group, jnp.asarray(poisoned)))
-        assert expect(out[group.members.index(m)])
-        others = [i for i, x in enumerate(group.members) if x is not m]
-        np.testing.assert_allclose(out[others], np.asarray(want)[others], rtol=2e-6)
-
-
-def test_clipnorm_groups_tiny_leaves_apart():
-  """With clipnorm, leaves under grouping.ROW elements are grouped apart (others: rows of 32)."""
-  sizes = [5, 64, 7, 100, 20, 40]
-  params, layout = _member_sizes_layout(sizes)
-  grouped_sizes = [sorted(m.size for m in g.members) for g in layout.groups]
-  assert sorted(grouped_sizes) == [[5, 7, 20], [40, 64, 100]]
-  plain = grouping.make_layout(params, max_size=10_000)
-  assert [sorted(m.size for m in g.members) for g in plain.groups] == [sorted(sizes)]
-
-
 def test_layout_is_decided_from_what_init_is_given():
   """init decides the layout from its parameters only (never from earlier calls): eager, jit
   and eval_shape agree on one device; `with_group_layout` fixes a layout for every init.
 
   On a mesh a traced init sees no shardings, so there the layout is fixed from the sharded
-  structs (tests/test_sharding.py, 2x4 mesh).
+  structs (tests/integration/test_sharded_training.py, 2x4 mesh).
   """
   params = jax.tree.map(jnp.asarray, make_params())
   tx = optadam.adam(clipnorm=1.0, use_ema=True, group_small_leaves=THRESHOLD)

@@ -1,4 +1,7 @@
-"""Sparse gradients (SPEC §7): optadam.IndexedSlices and BCOO equal the dense step, Keras's way."""
+"""Sparse gradients: optadam.IndexedSlices and BCOO equal the dense step, Keras's way.
+
+As docs/semantics.md (sparse gradients) describes them.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""A float64 NumPy transcription of SPEC §2–§5 (Keras 2's Adam), used as the reference.
+"""A float64 NumPy transcription of Keras 2's Adam, used as the reference.
 
-Written to be read next to the spec, one line per formula; no JAX here.
+The update of docs/semantics.md (one step, the order of one update, learning rate and betas,
+parameter EMA), written to be read next to it, one line per formula; no JAX here.
 Parameters are a dict ``{path: array}``; a gradient of None skips that
 parameter for the step (no moment decay, no weight decay, no EMA).
 """

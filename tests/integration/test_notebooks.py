@@ -27,7 +27,7 @@ import nbclient
 import nbformat
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 NOTEBOOK_DIR = os.path.join(ROOT, "notebooks")
 # A name with only one of the two files is still listed, so that the missing twin fails the tests.
 NAMES = sorted(

@@ -1,7 +1,7 @@
 """optadam with Flax (linen TrainState, nnx.Optimizer), optax's wrappers, vmap and Orbax.
 
 Every check is numeric: against plain `optadam.adam`, a hand computation, or the
-float64 transcription of the spec in `reference.py`.
+float64 transcription of the documented update (docs/semantics.md) in `support/reference.py`.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def test_linen_trainstate_training_with_ema_matches_spec_and_plain_loop():
     assert_same_numbers(params, h)
   assert_same_numbers(opt_state, state.opt_state)
 
-  # And the float64 transcription of the spec, with Keras-style name exclusion.
+  # And the float64 transcription of the documented update, with Keras-style name exclusion.
   ref_hist, ref_avg = reference_adam(
     flat(LINEN_VARS["params"]),
     [flat(g) for g in grads],

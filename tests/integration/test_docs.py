@@ -18,7 +18,7 @@ import pytest
 import optadam
 from optadam import schedules
 
-API_DIR = pathlib.Path(__file__).resolve().parent.parent / "docs" / "api"
+API_DIR = pathlib.Path(__file__).resolve().parents[2] / "docs" / "api"
 
 # `.. autofunction:: optadam.adam` (reST, also inside MyST's {eval-rst}) and
 # ```{autofunction} optadam.adam``` (MyST directive syntax).

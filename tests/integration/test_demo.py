@@ -10,7 +10,7 @@ import importlib.util
 import pytest
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 DEMO = os.path.join(ROOT, "examples", "demo.py")
 
 

@@ -1,6 +1,8 @@
-"""One process of a 2-process optadam training run on localhost (run by tests/test_multiprocess.py).
+"""One process of a 2-process optadam training run on localhost.
 
-    python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT WORK_DIR
+Run by tests/integration/test_multiprocess.py:
+
+    python tests/support/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT WORK_DIR
 
 Each process has 4 fake CPU devices; together they form one global mesh of 8.
 Cross-process collectives use Gloo over TCP (jax 0.10's default for CPU),

@@ -1,7 +1,7 @@
-"""Sharded training with optadam on 8 fake CPU devices (run by tests/test_sharding.py).
+"""Sharded training with optadam on 8 fake CPU devices (run by test_sharded_training.py).
 
 XLA's host device count must be set before JAX initialises, so these checks run
-in this separate process:  python tests/sharding_worker.py [scenario ...]
+in this separate process:  python tests/support/sharding_worker.py [scenario ...]
 Each scenario prints one ``RESULT {json}`` line; the exit code is the number of
 failed scenarios.
 """

@@ -63,7 +63,7 @@ from contract_configs import (
   state_types,
 )
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/, above integration/
 NAMES = sorted(CONFIGS)
 PAIRS = [(name, dtype) for name in NAMES for dtype in DTYPES]
 PROPERTY_STEPS = 4  # two real updates with accumulation; two EMA overwrites at frequency 2
@@ -444,12 +444,12 @@ def mesh_results():
   env["JAX_PLATFORMS"] = "cpu"
   env.pop("JAX_ENABLE_X64", None)
   proc = subprocess.run(
-    [sys.executable, os.path.join(HERE, "contract_mesh_worker.py")],
+    [sys.executable, os.path.join(TESTS, "support", "contract_mesh_worker.py")],
     env=env,
     capture_output=True,
     text=True,
     timeout=300,
-    cwd=os.path.dirname(HERE),
+    cwd=os.path.dirname(TESTS),
   )
   results = {}
   for line in proc.stdout.splitlines():

@@ -1,7 +1,7 @@
-"""The 8-device part of the optimizer contract (run by tests/test_contract.py).
+"""The 8-device part of the optimizer contract (run by tests/integration/test_contract.py).
 
 XLA's host device count must be set before JAX initialises, so these checks run in this
-separate process:  python tests/contract_mesh_worker.py
+separate process:  python tests/support/contract_mesh_worker.py
 Each scenario prints one ``RESULT {json}`` line; the exit code is the number of failures.
 
 * ``explicit/<config>``: under ``jax.set_mesh`` with an ``AxisType.Explicit`` mesh, the
@@ -25,7 +25,8 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [HERE, os.path.dirname(HERE)]  # this checkout's optadam, not an installed one
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path[:0] = [HERE, ROOT]  # this checkout's optadam, not an installed one
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -1,9 +1,9 @@
 """The registry of `optadam.adam` configurations that the contract suite crosses with every dtype.
 
-Shared by `test_contract.py` and its 8-device worker `contract_mesh_worker.py`. Each entry is a
-`Config`: Keras arguments plus how the learning rate is built from a base rate, so that the
-convergence runs (`CONVERGENCE_LR`) and the short property runs use the same configurations, and
-an optional wrapper around the optimizer (`optadam.loss_scale_optimizer`).
+Shared by `tests/integration/test_contract.py` and its 8-device worker `contract_mesh_worker.py`.
+Each entry is a `Config`: Keras arguments plus how the learning rate is built from a base rate, so
+that the convergence runs (`CONVERGENCE_LR`) and the short property runs use the same
+configurations, and an optional wrapper around the optimizer (`optadam.loss_scale_optimizer`).
 """
 
 from __future__ import annotations

@@ -221,9 +221,9 @@ def test_matches_keras3_stateless_apply(name, report):
 def test_keras3_float16_parameters():
   """float16 variables and gradients. Keras 3 divides in float32 and its Adam casts the result to
   float16 (so does the wrapper: its updates are float16); optadam's float16 Adam is not Keras 3's
-  (SPEC §2), so the wrapper is compared with the plain optadam.adam fed Keras 3's unscaled
-  gradients, cast to float16, on the finite steps, and the scale, counter and iterations with
-  Keras 3 itself."""
+  (docs/semantics.md, one step), so the wrapper is compared with the plain optadam.adam fed
+  Keras 3's unscaled gradients, cast to float16, on the finite steps, and the scale, counter and
+  iterations with Keras 3 itself."""
   adam_kwargs = dict(learning_rate=0.01)
   lso_kwargs = dict(initial_scale=1000.0, dynamic_growth_steps=3)
   raw = [{k: v * 1e-2 for k, v in r.items()} for r in _raw_grads(20, seed=3)]
@@ -343,7 +343,8 @@ def test_trajectory_matches_tf215(name, report):
 def test_float16_golden_reciprocal_underflow():
   """TF 2.15 with float16 gradients: above a scale of 2**24, Keras 2's reciprocal cast to
   float16 is 0, so finite steps apply zero gradients. optadam's float16 Adam is not Keras 2's
-  (SPEC §2), so the wrapper is compared with plain optadam.adam fed g * float16(1/scale)."""
+  (docs/semantics.md, one step), so the wrapper is compared with plain optadam.adam fed
+  g * float16(1/scale)."""
   g = Golden("float16")
   fed = [g.grads(s) for s in range(g.steps)]
   ours, _ = run_wrapper(g.tx(), g.params(), fed)
@@ -396,7 +397,7 @@ def test_keras3_style_differs_from_tf215_where_keras_does():
   assert run(name, "keras3")[-1]["iterations"] == 26
 
 
-# --- API: validation, loss_scale / scale_loss, leaves --------------------------------------------
+# --- API: validation, state, leaves -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -483,39 +484,6 @@ def test_sparse_leaves_equal_their_dense_gradient(style):
   bad = {"emb": optadam.IndexedSlices(values.at[2, 1].set(jnp.inf), idx, (6, 2))}
   ub, sb = jax.jit(tx.update)(bad, tx.init(params), params)
   assert not np.asarray(ub["emb"]).any() and float(sb.scale) == 500.0
-
-
-def test_loss_scale_and_scale_loss_in_nested_wrappers():
-  lso = optadam.loss_scale_optimizer(optadam.adam(0.01), 2.0**12, 3)
-  params = {"w": jnp.ones(3)}
-  for tx in (
-    optax.chain(optax.identity(), lso),
-    optax.MultiSteps(lso, every_k_schedule=2),
-    optax.named_chain(("scaled", lso)),
-    optax.inject_hyperparams(lambda learning_rate: optax.chain(lso, optax.scale(learning_rate)))(
-      learning_rate=1.0
-    ),
-  ):
-    state = tx.init(params)
-    assert float(optadam.loss_scale(state)) == 4096.0
-    assert float(jax.jit(optadam.loss_scale)(state)) == 4096.0
-  for dtype in (jnp.float32, jnp.float16, jnp.bfloat16):
-    scaled = optadam.scale_loss(jnp.asarray(0.75, dtype), state)
-    assert scaled.dtype == dtype and float(scaled) == 3072.0
-  with pytest.raises(ValueError, match="no loss scale"):
-    optadam.loss_scale(optadam.adam().init(params))
-  two = optax.chain(lso, lso).init(params)
-  with pytest.raises(ValueError, match="2 loss scales"):
-    optadam.loss_scale(two)
-
-
-def test_scale_loss_inside_grad_gives_the_scaled_gradient():
-  tx = optadam.loss_scale_optimizer(optadam.adam(0.01), 2.0**10)
-  params = {"w": jnp.asarray([0.5, -1.0, 2.0])}
-  state = tx.init(params)
-  loss = lambda p: jnp.sum(p["w"] ** 2)
-  g = jax.jit(jax.grad(lambda p, s: optadam.scale_loss(loss(p), s)))(params, state)
-  np.testing.assert_array_equal(g["w"], 2.0**10 * 2 * params["w"])
 
 
 # --- optax wrappers, jit, Orbax ---------------------------------------------------------------
@@ -790,7 +758,7 @@ def test_sharded_decision_is_global(report):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
   env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(here), env.get("PYTHONPATH", "")])
   proc = subprocess.run(
-    [sys.executable, os.path.join(here, "loss_scale_worker.py")],
+    [sys.executable, os.path.join(here, "support", "loss_scale_worker.py")],
     env=env,
     capture_output=True,
     text=True,

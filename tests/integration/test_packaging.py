@@ -22,7 +22,7 @@ import zipfile
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
 
 # Run inside the fresh venv, from a directory outside the checkout: Keras's Adam (epsilon-hat form)
 # on f(w) = sum(w**2), three jitted updates, against the float64 formula.

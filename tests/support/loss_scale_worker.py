@@ -1,4 +1,4 @@
-"""Loss scaling on 8 fake CPU devices (run by tests/test_loss_scale.py in a subprocess).
+"""Loss scaling on 8 fake CPU devices (run by tests/test_loss_scaling.py in a subprocess).
 
 XLA's host device count must be set before JAX initialises. Prints one ``RESULT {json}``
 line; exits non-zero on failure.

@@ -22,8 +22,8 @@ import time
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, "multiprocess_worker.py")
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/, above integration/
+WORKER = os.path.join(TESTS, "support", "multiprocess_worker.py")
 NUM_PROCESSES = 2
 TIMEOUT_S = 240
 SCENARIOS = (
@@ -61,7 +61,7 @@ def _run_processes(work_dir: str) -> tuple[list[int | None], list[str]]:
           env=env,
           stdout=logs[i],
           stderr=subprocess.STDOUT,
-          cwd=os.path.dirname(HERE),
+          cwd=os.path.dirname(TESTS),
         )
       )
     deadline = time.monotonic() + TIMEOUT_S
