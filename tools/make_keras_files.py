@@ -11,13 +11,18 @@ table of files and the format. The output is deterministic except for the ``date
 Keras puts into a ``.keras`` archive (fixed numpy seeds; no framework randomness is used).
 
 Every scenario is the same small model, ``Input(3) -> Dense(4, relu) -> Dense(2)`` (26 weights),
-compiled with ``Adam(**kwargs)`` and loss "mse". Its weights are set to seeded values, then
+compiled with the scenario's optimizer (``Adam``, ``AdamW`` or, TF 2.15 only,
+``tf.keras.optimizers.legacy.Adam``) and loss "mse". Its weights are set to seeded values, then
 ``model.optimizer.apply_gradients(zip(grads, model.trainable_variables))`` runs on 20 known
-gradients: after the first 10 the model is saved (``<prefix>_<scenario>.keras`` and, with TF
-2.15, ``.h5``), then the 10 more steps are Keras's continuation, recorded after each step, and
-finally ``optimizer.finalize_variable_values`` (EMA) is recorded. With TF 2.15 each step is one
-call of a ``tf.function`` (the body of ``train_function``); with Keras 3 ``apply_gradients`` runs
-as ``fit`` would on the JAX backend, eagerly.
+gradients: after the first 10 the model is saved (``<prefix>_<scenario>.keras`` and ``.h5``),
+then the 10 more steps are Keras's continuation, recorded after each step, and finally
+``optimizer.finalize_variable_values`` (EMA) is recorded. With TF 2.15 each step is one call of a
+``tf.function`` (the body of ``train_function``); with Keras 3 ``apply_gradients`` runs as ``fit``
+would on the JAX backend, eagerly. TF 2.15 saves no state of a legacy optimizer into a ``.keras``:
+for those the continuation Keras runs after ``load_model`` of the ``.keras`` is recorded too.
+
+Also written: damaged files for the readers' errors and ``other_optimizer_configs.json`` (the
+configs of other optimizers), by `keras_files_extra.py`.
 """
 
 from __future__ import annotations
@@ -31,75 +36,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import numpy as np
-
-SAVED_STEPS = 10  # steps before model.save
-CONTINUED_STEPS = 10  # Keras's continuation after the save
-SHAPES = [(3, 4), (4,), (4, 2), (2,)]  # dense/kernel, dense/bias, dense_1/kernel, dense_1/bias
-
-
-def _schedule(keras):
-  return keras.optimizers.schedules.ExponentialDecay(0.01, 4, 0.7, staircase=True)
-
-
-# name -> (description, kwargs factory(keras), exclude_from_weight_decay, which Keras)
-SCENARIOS = {
-  "defaults": ("Adam() with all defaults", lambda keras: {}, None, (2, 3)),
-  "amsgrad_ema": (
-    "amsgrad, EMA momentum 0.9 overwriting every 3 steps, lr 0.01",
-    lambda keras: dict(
-      learning_rate=0.01, amsgrad=True, use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=3
-    ),
-    None,
-    (2, 3),
-  ),
-  "schedule_wd_clip": (
-    "ExponentialDecay(0.01, 4, 0.7, staircase) + weight_decay 0.02 (biases excluded) "
-    "+ clipnorm 0.5",
-    lambda keras: dict(learning_rate=_schedule(keras), weight_decay=0.02, clipnorm=0.5),
-    ["bias"],
-    (2, 3),
-  ),
-  "accumulation": (
-    "Keras 3 gradient_accumulation_steps=3, lr 0.01, global_clipnorm 1.0",
-    lambda keras: dict(learning_rate=0.01, gradient_accumulation_steps=3, global_clipnorm=1.0),
-    None,
-    (3,),
-  ),
-}
-
-
-def init_weights(seed: int) -> list[np.ndarray]:
-  rng = np.random.RandomState(seed)
-  return [(rng.standard_normal(s) * 0.5).astype(np.float32) for s in SHAPES]
-
-
-def gradients(seed: int) -> list[list[np.ndarray]]:
-  """20 steps of float32 gradients, magnitudes 10**U(-2, 0.5) per step and tensor."""
-  rng = np.random.RandomState(1000 + seed)
-  out = []
-  for _ in range(SAVED_STEPS + CONTINUED_STEPS):
-    step = []
-    for s in SHAPES:
-      scale = 10 ** rng.uniform(-2, 0.5)
-      step.append((rng.standard_normal(s) * scale).astype(np.float32))
-    out.append(step)
-  return out
+from keras_files_extra import json_safe, make_damaged_files, make_other_configs
+from keras_files_scenarios import (
+  CONTINUED_STEPS,
+  SAVED_STEPS,
+  SCENARIOS,
+  SHAPES,
+  gradients,
+  init_weights,
+)
 
 
 def build_model(keras):
   return keras.Sequential(
     [keras.Input((3,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(2)]
   )
-
-
-def _json_safe(x):
-  if isinstance(x, dict):
-    return {k: _json_safe(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_json_safe(v) for v in x]
-  if isinstance(x, np.generic):
-    return x.item()
-  return x
 
 
 class Backend:
@@ -145,37 +96,76 @@ class Backend:
   def var_names(self, variables):
     return [v.name if self.tf else v.path for v in variables]
 
+  def optimizer(self, cls: str, kwargs: dict):
+    """`keras.optimizers.<cls>(**kwargs)`; "legacy.Adam" is tf.keras.optimizers.legacy.Adam."""
+    module = self.keras.optimizers
+    for part in cls.split("."):
+      module = getattr(module, part)
+    return module(**kwargs)
 
-def make_scenario(be: Backend, name: str, out: str, seed: int) -> dict:
-  description, make_kwargs, exclude, _ = SCENARIOS[name]
-  keras = be.keras
-  keras.backend.clear_session()  # layer and variable names dense, dense_1 in every file
-  kwargs = make_kwargs(keras)
-  model = build_model(keras)
-  opt = keras.optimizers.Adam(**kwargs)
-  if exclude:
-    opt.exclude_from_weight_decay(var_names=exclude)
-  model.compile(optimizer=opt, loss="mse")
-  for var, value in zip(model.trainable_variables, init_weights(seed)):
-    var.assign(value)
-  grads = gradients(seed)
-  step = be.step_fn(model)
-  for s in range(SAVED_STEPS):
-    step(grads[s])
-  base = f"{be.prefix}_{name}"
-  saved_params = be.values(model.trainable_variables)
-  saved_optvars = be.values(opt.variables)
+  def optimizer_variables(self, opt) -> list:
+    """`optimizer.variables`; a legacy (OptimizerV2) optimizer's are `optimizer.weights`."""
+    legacy = self.tf is not None and isinstance(opt, self.keras.optimizers.legacy.Optimizer)
+    return opt.weights if legacy else opt.variables
+
+
+def _save(model, out: str, base: str, formats) -> list[str]:
   files = []
-  for fmt in be.formats:
+  for fmt in formats:
     path = os.path.join(out, f"{base}.{fmt}")
     if os.path.exists(path):
       os.remove(path)
     model.save(path)
     files.append(os.path.basename(path))
-  continued = []
-  for s in range(SAVED_STEPS, SAVED_STEPS + CONTINUED_STEPS):
-    step(grads[s])
-    continued.append(be.values(model.trainable_variables))
+  return files
+
+
+def _continue(be: Backend, step, model, grads) -> list[list[np.ndarray]]:
+  """Keras's continuation: the trainable variables after each `step` on `grads`."""
+  out = []
+  for g in grads:
+    step(g)
+    out.append(be.values(model.trainable_variables))
+  return out
+
+
+def _legacy_reloads(be: Backend, out: str, base: str, grads, continued) -> list:
+  """Legacy Adam: TF 2.15 loads the .h5 with its optimizer state (the continuation is the same,
+  bit for bit) but saves no optimizer state into a .keras: `load_model` of it starts a fresh
+  legacy Adam (iterations 0). Returns the continuation Keras runs after loading the .keras."""
+  keras = be.keras
+  runs = {}
+  for fmt in ("h5", "keras"):
+    keras.backend.clear_session()
+    model = keras.models.load_model(os.path.join(out, f"{base}.{fmt}"))
+    iterations = int(model.optimizer.iterations.numpy())
+    runs[fmt] = (iterations, _continue(be, be.step_fn(model), model, grads))
+  assert runs["h5"][0] == SAVED_STEPS and runs["keras"][0] == 0, (runs["h5"][0], runs["keras"][0])
+  for ours, theirs in zip(runs["h5"][1], continued):
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs)), "h5 reload differs"
+  return runs["keras"][1]
+
+
+def make_scenario(be: Backend, name: str, out: str, seed: int) -> dict:
+  sc = SCENARIOS[name]
+  keras = be.keras
+  keras.backend.clear_session()  # layer and variable names dense, dense_1 in every file
+  kwargs = sc.kwargs(keras)
+  model = build_model(keras)
+  opt = be.optimizer(sc.optimizer, kwargs)
+  if sc.exclude:
+    opt.exclude_from_weight_decay(var_names=sc.exclude)
+  model.compile(optimizer=opt, loss="mse")
+  for var, value in zip(model.trainable_variables, init_weights(seed)):
+    var.assign(value)
+  grads = gradients(seed)
+  step = be.step_fn(model)  # one tf.function for all 20 steps
+  _continue(be, step, model, grads[:SAVED_STEPS])
+  base = f"{be.prefix}_{name}"
+  saved_params = be.values(model.trainable_variables)
+  saved_optvars = be.values(be.optimizer_variables(opt))
+  files = _save(model, out, base, sc.formats)
+  continued = _continue(be, step, model, grads[SAVED_STEPS:])
   arrays = {}
   for i in range(len(SHAPES)):
     arrays[f"grads_{i}"] = np.stack([g[i] for g in grads])
@@ -187,32 +177,43 @@ def make_scenario(be: Backend, name: str, out: str, seed: int) -> dict:
     opt.finalize_variable_values(model.trainable_variables)
     for i, p in enumerate(be.values(model.trainable_variables)):
       arrays[f"final_{i}"] = p
+  meta = _scenario_meta(be, name, kwargs, opt, model, seed)
+  if sc.optimizer.startswith("legacy."):  # the .keras holds no optimizer state: not resumable
+    files.remove(f"{base}.keras")
+    meta["files_without_optimizer_state"] = [f"{base}.keras"]
+    reloaded = _legacy_reloads(be, out, base, grads[SAVED_STEPS:], continued)
+    for i in range(len(SHAPES)):
+      arrays[f"reloaded_params_{i}"] = np.stack([p[i] for p in reloaded])
+  meta["files"] = files
   np.savez_compressed(os.path.join(out, f"{base}.npz"), **arrays)
-  config = opt.get_config()
-  meta = {
+  with open(os.path.join(out, f"{base}.json"), "w") as f:
+    json.dump(meta, f, indent=1, sort_keys=True)
+    f.write("\n")
+  return meta
+
+
+def _scenario_meta(be: Backend, name: str, kwargs: dict, opt, model, seed: int) -> dict:
+  keras, sc = be.keras, SCENARIOS[name]
+  return {
     "scenario": name,
-    "description": description,
-    "files": files,
+    "description": sc.description,
+    "optimizer": sc.optimizer,
     "keras_version": be.version,
     "keras_major": be.major,
-    "kwargs": _json_safe(
+    "kwargs": json_safe(
       {
         k: (keras.optimizers.schedules.serialize(v) if hasattr(v, "get_config") else v)
         for k, v in kwargs.items()
       }
     ),
-    "exclude_from_weight_decay": exclude,
-    "config": _json_safe(config),
+    "exclude_from_weight_decay": sc.exclude,
+    "config": json_safe(opt.get_config()),
     "trainable_names": be.var_names(model.trainable_variables),
-    "optimizer_variable_names": be.var_names(opt.variables),
+    "optimizer_variable_names": be.var_names(be.optimizer_variables(opt)),
     "saved_steps": SAVED_STEPS,
     "continued_steps": CONTINUED_STEPS,
     "seed": seed,
   }
-  with open(os.path.join(out, f"{base}.json"), "w") as f:
-    json.dump(meta, f, indent=1, sort_keys=True)
-    f.write("\n")
-  return meta
 
 
 def make_notebook_run(be: Backend, out: str) -> None:
@@ -338,11 +339,14 @@ def make_error_files(be: Backend, out: str) -> list[str]:
     y = rng.standard_normal((8, 2)).astype(np.float32)
     model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0)
     save(model, "loss_scale_adam.keras", train=False)
-  meta = {"variable_names": be.var_names(lso.variables), "config": _json_safe(lso.get_config())}
+  meta = {"variable_names": be.var_names(lso.variables), "config": json_safe(lso.get_config())}
   with open(os.path.join(out, f"{be.prefix}_loss_scale_adam.json"), "w") as f:
     json.dump(meta, f, indent=1, sort_keys=True)
     f.write("\n")
   return written
+
+
+OTHERS = ["structure", "errors", "notebook", "damaged", "configs"]
 
 
 def main(argv=None) -> int:
@@ -351,15 +355,15 @@ def main(argv=None) -> int:
   parser.add_argument(
     "--only",
     nargs="+",
-    choices=list(SCENARIOS) + ["structure", "errors", "notebook"],
+    choices=list(SCENARIOS) + OTHERS,
     help="write only these (default: everything)",
   )
   args = parser.parse_args(argv)
-  only = set(args.only or list(SCENARIOS) + ["structure", "errors", "notebook"])
+  only = set(args.only or list(SCENARIOS) + OTHERS)
   os.makedirs(args.out, exist_ok=True)
   be = Backend()
-  for seed, (name, (_, _, _, majors)) in enumerate(SCENARIOS.items()):
-    if be.major in majors and name in only:
+  for seed, (name, sc) in enumerate(SCENARIOS.items()):
+    if be.major in sc.majors and name in only:
       meta = make_scenario(be, name, args.out, seed)
       print(f"{be.prefix}_{name}: {', '.join(meta['files'])}")
   if "structure" in only:
@@ -369,6 +373,10 @@ def main(argv=None) -> int:
   if be.major == 2 and "notebook" in only:
     make_notebook_run(be, args.out)
     print("tf215_dense_midtraining.keras")
+  if be.major == 2 and "damaged" in only:  # from tf215_defaults.{keras,h5}
+    print(", ".join(make_damaged_files(args.out)))
+  if "configs" in only:
+    print(make_other_configs(be, args.out))
   return 0
 
 
