@@ -1,7 +1,7 @@
 """optadam: Keras's Adam optimizer, step for step, as small pure Optax transformations."""
 
 from optadam import schedules
-from optadam.alias import adam
+from optadam.alias import adam, adamw
 from optadam.chain import AdamState, KerasAdam
 from optadam.clipping import clip_by_keras_global_norm, clip_by_tensor_norm, clip_by_value
 from optadam.config import AdamConfig
@@ -11,7 +11,7 @@ from optadam.keras3 import GradientAccumulationState, accumulate_gradients, divi
 from optadam.keras_config import from_keras_config, get_config
 from optadam.keras_file import KerasFile, from_keras_file, read_keras_file
 from optadam.keras_state import state_from_keras
-from optadam.learning_rate import ScaleByLearningRateState, scale_by_learning_rate
+from optadam.learning_rate import LegacyDecay, ScaleByLearningRateState, scale_by_learning_rate
 from optadam.loss_scaling import LossScaleOptimizer, LossScaleState, loss_scale_optimizer
 from optadam.readers import (
   ema_params,
@@ -37,6 +37,7 @@ __all__ = [
   "KerasAdam",
   "KerasFile",
   "LeafGroups",
+  "LegacyDecay",
   "LossScaleOptimizer",
   "LossScaleState",
   "ParameterEmaState",
@@ -44,6 +45,7 @@ __all__ = [
   "ScaleByLearningRateState",
   "accumulate_gradients",
   "adam",
+  "adamw",
   "add_decayed_weights",
   "apply_updates",
   "clip_by_keras_global_norm",

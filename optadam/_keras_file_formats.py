@@ -6,16 +6,20 @@ Nothing here imports h5py, TensorFlow or Keras: the caller passes the h5py modul
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
 import zipfile
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import numpy as np
 
+from optadam import _keras_classes
+from optadam._keras_classes import LSO_CLASSES
+
 _ROOT_GROUPS_NOT_MODEL = ("optimizer", "metrics", "compile_metrics", "compile_loss", "loss")
-LSO_CLASSES = ("LossScaleOptimizer", "LossScaleOptimizerV3", "BaseLossScaleOptimizer")
 KERAS3_LSO_OWN = 4  # a Keras 3 LossScaleOptimizer's own variables, before the inner optimizer's
 # Layers whose variables after the first `k` are not trainable (moving statistics).
 _NON_TRAINABLE_AFTER = {
@@ -130,6 +134,26 @@ def _model_weights_keras(h5, model_config) -> tuple[dict, list]:
   return out, trainable
 
 
+@contextlib.contextmanager
+def _damaged(path: str, what: str) -> Iterator[None]:
+  """h5py's errors reading a damaged (e.g. truncated) file as a ValueError naming the file."""
+  try:
+    yield
+  except OSError as e:
+    raise ValueError(
+      f"{path!r} is damaged: {what} cannot be read ({e}); it may be truncated. Save the model "
+      "again."
+    ) from e
+
+
+def _json_member(archive: zipfile.ZipFile, name: str, path: str) -> Any:
+  """A JSON member of a .keras archive; a ValueError naming the file when it is not JSON."""
+  try:
+    return json.loads(archive.read(name))
+  except (json.JSONDecodeError, UnicodeDecodeError, zipfile.BadZipFile) as e:
+    raise ValueError(f"{path!r} is damaged: its {name} is not valid JSON ({e}).") from e
+
+
 def read_keras_archive(path: str, h5py) -> dict[str, Any]:
   """The `KerasFile` fields of a .keras archive."""
   try:
@@ -143,8 +167,8 @@ def read_keras_archive(path: str, h5py) -> dict[str, Any]:
         f"{path!r} is a zip archive but not a Keras model file: it has no config.json / "
         f"metadata.json (found {sorted(names)[:8]})."
       )
-    metadata = json.loads(archive.read("metadata.json"))
-    config = json.loads(archive.read("config.json"))
+    metadata = _json_member(archive, "metadata.json", path)
+    config = _json_member(archive, "config.json", path)
     if "model.weights.h5" not in names:
       raise ValueError(
         f"{path!r}: the archive has no model.weights.h5 (found {sorted(names)}); sharded or "
@@ -155,7 +179,7 @@ def read_keras_archive(path: str, h5py) -> dict[str, Any]:
   optimizer = _optimizer_entry(
     compile_config.get("optimizer"), path, "config.json compile_config.optimizer"
   )
-  with h5py.File(io.BytesIO(weights_bytes), "r") as h5:
+  with _damaged(path, "its model.weights.h5"), h5py.File(io.BytesIO(weights_bytes), "r") as h5:
     weights, is_trainable = _model_weights_keras(h5, config)
     opt_values: list[np.ndarray] = []
     if "optimizer" in h5:
@@ -214,7 +238,7 @@ def _strip_slot(name: str) -> str:
 
 def read_h5(path: str, h5py) -> dict[str, Any]:
   """The `KerasFile` fields of a legacy .h5 model file."""
-  with h5py.File(path, "r") as h5:
+  with _damaged(path, "the HDF5 file"), h5py.File(path, "r") as h5:
     if "model_weights" not in h5 and "model_config" not in h5.attrs:
       keys = sorted(h5)[:8]
       hint = (
@@ -269,16 +293,20 @@ def read_h5(path: str, h5py) -> dict[str, Any]:
 def _trainable_from_slot_names(opt_names: list[str], weights: dict) -> Optional[tuple[str, ...]]:
   """The trainables, from the first-moment slots' names.
 
-  Keras 2 names them ``<Optimizer>/m/<variable>:0``; Keras 3
+  Keras 2 names them ``<Optimizer>/m/<variable>:0``; TF's legacy optimizers
+  ``<Optimizer>/<variable>/m:0``; Keras 3
   ``<optimizer>/<variable path with "/" as "_">_momentum``.
   """
   found = []
   flat = {k.replace("/", "_"): k for k in weights}
   for n in opt_names:
     keras2 = re.fullmatch(r"(?:[^/]+/)?m/(.+?)(?::\d+)?", n)
+    legacy = re.fullmatch(r"[^/]+/(.+)/m(?::\d+)?", n)
     keras3 = re.fullmatch(r"[^/]+/(.+)_momentum", n)
     if keras2 and keras2.group(1) in weights:
       found.append(keras2.group(1))
+    elif legacy and legacy.group(1) in weights:
+      found.append(legacy.group(1))
     elif keras3 and keras3.group(1) in flat:
       found.append(flat[keras3.group(1)])
   return tuple(found) if found else None
@@ -287,43 +315,54 @@ def _trainable_from_slot_names(opt_names: list[str], weights: dict) -> Optional[
 # --- the layout of Adam's variables -------------------------------------------------------
 
 
-def adam_config(entry: Optional[dict]) -> Optional[dict]:
-  """The Adam config inside an optimizer entry (also inside a LossScaleOptimizer), or None."""
+def adam_entry(entry: Optional[dict]) -> Optional[dict]:
+  """The Adam-family entry inside an optimizer entry (also inside a LossScaleOptimizer)."""
   while isinstance(entry, dict):
-    config = entry.get("config") or {}
-    if entry.get("class_name") == "Adam":
-      return config
-    entry = config.get("inner_optimizer")
+    if _keras_classes.class_name(entry) in ("Adam", "AdamW"):
+      return entry
+    entry = (entry.get("config") or {}).get("inner_optimizer")
   return None
 
 
-def count_trainables(keras_major: int, config: dict, count: int) -> Optional[int]:
-  """How many trainable variables `count` Adam variables cover (Keras 2 or 3 layout)."""
-  per = 2 + bool(config.get("use_ema")) + bool(config.get("amsgrad"))
-  k3 = keras_major >= 3
-  lr_var = int(k3 and not isinstance(config.get("learning_rate"), dict))
-  per += int(k3 and bool(config.get("gradient_accumulation_steps")))
-  rest = count - 1 - lr_var
-  return rest // per if rest >= 0 and rest % per == 0 else None
+class SlotLayout:
+  """Where an Adam-family optimizer keeps its variables in ``optimizer.variables``.
 
+  Keras 2's new Adam: iteration, averages (EMA), (m, v) interleaved, v-hats; Keras 3 adds
+  the learning rate after the iteration (float rates) and accumulators after the averages;
+  TF's legacy Adam: iteration, every m, every v, every v-hat.
+  """
 
-def first_moment_index(keras_major: int, config: dict, i: int, n: int) -> int:
-  k3 = keras_major >= 3
-  start = 1 + int(k3 and not isinstance(config.get("learning_rate"), dict))
-  start += n * bool(config.get("use_ema"))
-  start += n * int(k3 and bool(config.get("gradient_accumulation_steps")))
-  return start + 2 * i
+  def __init__(self, keras_major: int, entry: dict):
+    config = entry.get("config") or {}
+    self.legacy = _keras_classes.is_legacy_adam(entry)
+    k3 = keras_major >= 3 and not self.legacy
+    self.lr_var = int(k3 and not isinstance(config.get("learning_rate"), dict))
+    self.avg = bool(config.get("use_ema")) and not self.legacy
+    self.acc = k3 and bool(config.get("gradient_accumulation_steps"))
+    self.amsgrad = bool(config.get("amsgrad"))
+
+  def count_trainables(self, count: int) -> Optional[int]:
+    """How many trainable variables `count` variables cover (None: they fit no count)."""
+    per = 2 + self.avg + self.amsgrad + self.acc
+    rest = count - 1 - self.lr_var
+    return rest // per if rest >= 0 and rest % per == 0 else None
+
+  def first_moment_index(self, i: int, n: int) -> int:
+    """The position of the i-th trainable variable's ``m`` among `n`."""
+    start = 1 + self.lr_var + n * (self.avg + self.acc)
+    return start + (i if self.legacy else 2 * i)
 
 
 def first_moment_shapes(version: str, entry: Optional[dict], values: list) -> Optional[list]:
   """Shapes of Adam's first-moment slots (= the trainable variables'), or None if unknown."""
-  config = adam_config(entry)
-  if entry is None or config is None or not values:
+  adam = adam_entry(entry)
+  if entry is None or adam is None or not values:
     return None
   major = int(str(version).split(".")[0] or 2)
-  if major >= 3 and entry.get("class_name") in LSO_CLASSES:
+  if major >= 3 and _keras_classes.class_name(entry) in LSO_CLASSES:
     values = values[KERAS3_LSO_OWN:]  # its iteration, learning_rate, step_counter, dynamic_scale
-  n = count_trainables(major, config, len(values))
+  layout = SlotLayout(major, adam)
+  n = layout.count_trainables(len(values))
   if not n:  # None: not an Adam layout; 0: the optimizer was never built (no slots)
     return None
-  return [np.shape(values[first_moment_index(major, config, i, n)]) for i in range(n)]
+  return [np.shape(values[layout.first_moment_index(i, n)]) for i in range(n)]

@@ -1,7 +1,8 @@
-"""`optadam.adam`: Keras's Adam arguments and defaults, as one `optax.chain`."""
+"""`optadam.adam` and `optadam.adamw`: Keras's arguments and defaults, as one `optax.chain`."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -162,3 +163,78 @@ def adam(
     group_small_leaves=group_small_leaves,
   )
   return build(config)
+
+
+def adamw(
+  learning_rate: hyperparams.Hyperparam = 0.001,
+  weight_decay: float = 0.004,
+  beta_1: hyperparams.Hyperparam = 0.9,
+  beta_2: hyperparams.Hyperparam = 0.999,
+  epsilon: float = 1e-7,
+  amsgrad: bool = False,
+  clipnorm: Optional[float] = None,
+  clipvalue: Optional[float] = None,
+  global_clipnorm: Optional[float] = None,
+  use_ema: bool = False,
+  ema_momentum: float = 0.99,
+  ema_overwrite_frequency: Optional[int] = None,
+  jit_compile: bool = True,
+  name: str = "AdamW",
+  *,
+  mu_dtype: Optional[Any] = None,
+  nu_dtype: Optional[Any] = None,
+  exclude_from_weight_decay: Optional[Sequence[str]] = None,
+  weight_decay_mask: Optional[Any] = None,
+  ema_dtype: Optional[Any] = None,
+  ema_style: str = "keras2",
+  loss_scale_factor: Optional[float] = None,
+  gradient_accumulation_steps: Optional[int] = None,
+  group_small_leaves: Optional[int] = None,
+  **kwargs: Any,
+) -> KerasAdam:
+  """Keras's ``AdamW`` (``tf.keras.optimizers.AdamW``, TF 2.11–2.15; Keras 3's) for optax.
+
+  Keras's AdamW is its Adam with ``weight_decay`` second in the argument list and
+  0.004 by default: the same decoupled decay ``x <- x - x * weight_decay * lr``
+  before the Adam step, the same update and the same optimizer variables. So this
+  is `optadam.adam` with those arguments, whose configuration names the class
+  ``"AdamW"`` (`optadam.get_config` writes it; ``tx.config.keras_class``).
+  ``weight_decay=None`` is a ValueError, as in Keras. The other arguments, and
+  the optadam-only keyword arguments, are `optadam.adam`'s.
+
+  Returns:
+    A `KerasAdam` whose state is an `AdamState`; its ``update`` needs ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp, optadam
+    >>> tx = optadam.adamw(learning_rate=1e-3)
+    >>> tx.config.weight_decay, tx.config.keras_class, optadam.get_config(tx)["name"]
+    (0.004, 'AdamW', 'AdamW')
+  """
+  check_keras_kwargs(kwargs, "optadam.adamw")
+  tx = adam(
+    learning_rate,
+    beta_1,
+    beta_2,
+    epsilon,
+    amsgrad,
+    weight_decay,
+    clipnorm,
+    clipvalue,
+    global_clipnorm,
+    use_ema,
+    ema_momentum,
+    ema_overwrite_frequency,
+    jit_compile,
+    name,
+    mu_dtype=mu_dtype,
+    nu_dtype=nu_dtype,
+    exclude_from_weight_decay=exclude_from_weight_decay,
+    weight_decay_mask=weight_decay_mask,
+    ema_dtype=ema_dtype,
+    ema_style=ema_style,
+    loss_scale_factor=loss_scale_factor,
+    gradient_accumulation_steps=gradient_accumulation_steps,
+    group_small_leaves=group_small_leaves,
+  )
+  return build(dataclasses.replace(tx.config, keras_class="AdamW"))

@@ -11,7 +11,8 @@ The chain, in Keras's order (each link a transform of its own module)::
 
 With ``group_small_leaves`` the links after the first run on packed small leaves
 (`grouping.group_leaves`); with ``gradient_accumulation_steps`` the whole chain runs
-every k-th call (`keras3.accumulate_gradients`).
+every k-th call (`keras3.accumulate_gradients`), except a Keras 3 style EMA, which
+Keras 3 updates on every call: it then runs after the accumulation (`_ema_every_call`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ class KerasAdam(optax.GradientTransformationExtraArgs):
   scalar bool ``finite`` is False, every parameter-sized state (moments, v-hat, EMA
   average, gradient accumulators) keeps its old value; the updates and step counts
   are left to the caller (`optadam.loss_scale_optimizer` skips a step with it,
-  without a ``lax.cond``). Other extra keyword arguments are accepted and ignored.
+  without a ``lax.cond``). Other extra keyword arguments are accepted and ignored. An
+  update whose gradients are all None is a no-op (the state is returned as it was, not
+  counted as a step), as in Keras 3; Keras 2 raises there.
 
   Attributes:
     config: the validated arguments it was built from (an `optadam.AdamConfig`),
@@ -138,15 +141,24 @@ def _transforms(config: AdamConfig) -> list[optax.GradientTransformation]:
     ),
     learning_rate_lib.scale_by_learning_rate(lr),
     _weight_decay(config, lr),
-    ema.parameter_ema(
-      config.ema_momentum,
-      config.ema_overwrite_frequency,
-      ema_dtype=config.ema_dtype,
-      ema_style=config.ema_style,
-    )
-    if config.use_ema
-    else optax.identity(),
+    _ema(config) if config.use_ema else optax.identity(),
   ]
+
+
+def _ema(config: AdamConfig) -> optax.GradientTransformation:
+  return ema.parameter_ema(
+    config.ema_momentum,
+    config.ema_overwrite_frequency,
+    ema_dtype=config.ema_dtype,
+    ema_style=config.ema_style,
+    gradient_accumulation_steps=config.gradient_accumulation_steps if _every_call(config) else None,
+  )
+
+
+def _every_call(config: AdamConfig) -> bool:
+  """Keras 3 updates (and overwrites with) its EMA on every call, also under accumulation."""
+  accumulating = config.gradient_accumulation_steps is not None
+  return accumulating and config.use_ema and config.ema_style == "keras3"
 
 
 def _weight_decay(config: AdamConfig, lr: Any) -> optax.GradientTransformation:
@@ -167,7 +179,11 @@ def _weight_decay(config: AdamConfig, lr: Any) -> optax.GradientTransformation:
 
 def _chain(config: AdamConfig, group_layout: Optional[grouping.Layout]) -> Any:
   """The keyed chain of `_transforms` (grouped, accumulated as configured)."""
-  head, *rest = _transforms(config)
+  links = _transforms(config)
+  ema_link = links[-1]
+  if _every_call(config):  # runs after the accumulation, its state kept in AdamState.ema
+    links[-1] = optax.identity()
+  head, *rest = links
   tail = optax.chain(*rest)
   if config.group_small_leaves is not None:
     tail = grouping.group_leaves(
@@ -180,7 +196,31 @@ def _chain(config: AdamConfig, group_layout: Optional[grouping.Layout]) -> Any:
   chain = _keyed(optax.chain(head, tail))
   if config.gradient_accumulation_steps:
     chain = keras3.accumulate_gradients(config.gradient_accumulation_steps, chain)
+  if _every_call(config):
+    chain = _ema_every_call(chain, ema_link)
   return chain
+
+
+def _ema_every_call(accumulated: Any, ema_tx: Any) -> optax.GradientTransformationExtraArgs:
+  """`accumulated` (whose ``AdamState.ema`` link is the identity), then the EMA on every call.
+
+  Keras 3 averages the parameters (and overwrites them) on every call, also on those that
+  only accumulate. The EMA's state stays where it always is, in ``AdamState.ema``: it is
+  taken out for `accumulated` (which holds an ``EmptyState`` there) and put back after.
+  """
+
+  def init_fn(params):
+    state = accumulated.init(params)
+    return state._replace(inner=state.inner._replace(ema=ema_tx.init(params)))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    ema_state = state.inner.ema
+    inner = state.inner._replace(ema=optax.EmptyState())
+    updates, state = accumulated.update(updates, state._replace(inner=inner), params, **extra_args)
+    updates, ema_state = ema_tx.update(updates, ema_state, params, **extra_args)
+    return updates, state._replace(inner=state.inner._replace(ema=ema_state))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _keyed(chain: optax.GradientTransformationExtraArgs) -> optax.GradientTransformationExtraArgs:
@@ -202,6 +242,9 @@ def _keyed(chain: optax.GradientTransformationExtraArgs) -> optax.GradientTransf
 def _update_fn(chain: Any, config: AdamConfig) -> Any:
   def update_fn(updates, state, params=None, *, finite=None, **extra_args):
     del extra_args  # read by no transform of the chain
+    leaves = jax.tree.leaves(updates, is_leaf=lambda x: x is None)
+    if leaves and all(g is None for g in leaves):
+      return updates, state  # no gradient at all: a no-op, not a counted step (Keras 3)
     if params is None and config.needs_params:
       flags = (("weight_decay", config.weight_decay is not None), ("use_ema", config.use_ema))
       on = " and ".join(name for name, value in flags if value)

@@ -14,10 +14,12 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
+from optadam import _keras_classes
 from optadam import clipping
 from optadam import ema
 from optadam import hyperparams
 from optadam import keras3
+from optadam import learning_rate as learning_rate_lib
 from optadam import scale
 from optadam import weight_decay as weight_decay_lib
 
@@ -66,8 +68,11 @@ class AdamConfig:
   made complex become their real part, and ``exclude_from_weight_decay`` a tuple.
 
   Attributes:
-    keras_class: the Keras optimizer class this configuration reproduces
-      (``"Adam"`` or ``"AdamW"``), which `optadam.get_config` names.
+    keras_class: the Keras optimizer this configuration reproduces, which
+      `optadam.get_config` writes and `optadam.state_from_keras` reads:
+      ``"Adam"``, ``"AdamW"`` (``weight_decay`` must be set) or ``"legacy.Adam"``
+      (TF's legacy Adam: the learning rate is an `optadam.LegacyDecay`, and none of
+      the new optimizer's options (weight decay, EMA, Keras 3's) is set).
   """
 
   learning_rate: hyperparams.Hyperparam = 0.001
@@ -99,6 +104,7 @@ class AdamConfig:
     for name in _NUMERIC:  # inject_hyperparams on complex params gives complex arrays
       object.__setattr__(self, name, hyperparams.real_part(name, getattr(self, name)))
     self._check_flags()
+    self._check_keras_class()
     clipping.keras_clip(self.clipnorm, self.clipvalue, self.global_clipnorm)
     keras3.check_accumulation_steps(self.gradient_accumulation_steps)
     _check_group_small_leaves(self.group_small_leaves, self.ema_style, self.use_ema)
@@ -125,6 +131,36 @@ class AdamConfig:
       raise ValueError(
         "`exclude_from_weight_decay` / `weight_decay_mask` need `weight_decay` to be "
         "set; got weight_decay=None."
+      )
+
+  def _check_keras_class(self) -> None:
+    if self.keras_class not in _keras_classes.FAMILY:
+      raise ValueError(
+        f"`keras_class` must be one of {_keras_classes.FAMILY}; got {self.keras_class!r}."
+      )
+    if self.keras_class == "AdamW" and self.weight_decay is None:
+      raise ValueError(
+        "Missing value of `weight_decay`, which AdamW needs (a float; Keras's default is "
+        "0.004); got None. For Adam without weight decay use optadam.adam."
+      )
+    if self.keras_class != "legacy.Adam":
+      return
+    if not isinstance(self.learning_rate, learning_rate_lib.LegacyDecay):
+      raise TypeError(
+        "The legacy Adam's learning rate is an optadam.LegacyDecay(learning_rate, decay); "
+        f"got {hyperparams.describe(self.learning_rate)}."
+      )
+    new_options = {
+      "weight_decay": self.weight_decay,
+      "use_ema": self.use_ema or None,
+      "loss_scale_factor": self.loss_scale_factor,
+      "gradient_accumulation_steps": self.gradient_accumulation_steps,
+    }
+    given = [name for name, value in new_options.items() if value is not None]
+    if given:
+      raise ValueError(
+        f"TF's legacy Adam has no {', '.join(given)} (options of the new optimizer); got "
+        f"{', '.join(f'{n}={getattr(self, n)!r}' for n in given)}."
       )
 
   @property

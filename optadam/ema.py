@@ -59,6 +59,7 @@ def parameter_ema(
   *,
   ema_dtype: Optional[Any] = None,
   ema_style: str = "keras2",
+  gradient_accumulation_steps: Optional[int] = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Keeps an exponential moving average of the parameters; optionally overwrites them with it.
 
@@ -97,6 +98,14 @@ def parameter_ema(
       Keras 3: the average is the post-update parameters after the first step
       (momentum 0 on it, computed in the average's dtype), and every parameter
       is averaged and overwritten, whether or not it got a gradient.
+    gradient_accumulation_steps: Keras 3 only (``ema_style="keras3"``): the
+      transform sees every call of an optimizer that accumulates this many
+      gradients per update (placed after `optadam.accumulate_gradients`, so
+      ``u`` is 0 on the calls that only accumulate), and counts Keras 3's
+      ``iterations = calls // k``: the average is updated on every call, with
+      momentum 0 while ``iterations == 0``, and the parameters are overwritten
+      on every call where ``(iterations + 1) % ema_overwrite_frequency == 0``
+      (the k calls of that update).
 
   On an overwrite step the parameters land on the average as Keras's
   ``var.assign(average)`` puts them there, also when they are infinite (the
@@ -111,6 +120,7 @@ def parameter_ema(
     An `optax.GradientTransformationExtraArgs` whose ``update`` needs ``params``.
   """
   check_ema_args(ema_momentum, ema_overwrite_frequency, ema_style)
+  k = _check_accumulation(gradient_accumulation_steps, ema_style)
   ema_dtype = hyperparams.as_dtype("ema_dtype", ema_dtype, allow_complex=True)
   freq = ema_overwrite_frequency
   overwrites = freq is not None and not (
@@ -136,7 +146,7 @@ def parameter_ema(
         "The parameter EMA (`use_ema=True` / `optadam.parameter_ema`) needs the "
         "parameters: call `tx.update(grads, opt_state, params)`."
       )
-    it = state.count
+    it = state.count if k == 1 else state.count // k  # Keras 3 accumulating: `iterations`
     overwrite = (it + 1) % jnp.asarray(freq, jnp.int32) == 0 if overwrites else None
     u_leaves, treedef = _tree.flatten_grads(updates)
     p_leaves = _tree.leaves_like(treedef, params)
@@ -148,30 +158,48 @@ def parameter_ema(
         out.append(None)
         new_avg.append(avg)
         continue
-      factors = _blend_factors(ema_momentum, ema_style, it, avg.dtype)
-      u, new = _leaf_update(u, p, avg, factors, overwrite)
+      blend = _blend(ema_momentum, ema_style, it, avg.dtype)
+      u, new = _leaf_update(u, p, avg, blend, overwrite)
       out.append(u)
       new_avg.append(_tree.keep(new, avg, finite))  # the old average on a skipped step
-    new_state = ParameterEmaState(count=optax.safe_increment(it), ema=treedef.unflatten(new_avg))
+    new_state = ParameterEmaState(
+      count=optax.safe_increment(state.count), ema=treedef.unflatten(new_avg)
+    )
     return treedef.unflatten(out), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _leaf_update(u, p, avg, factors, overwrite):
+def _check_accumulation(k: Any, ema_style: str) -> int:
+  """The calls per update the EMA counts in (1 without accumulation)."""
+  if k is None:
+    return 1
+  if ema_style != "keras3":
+    raise ValueError(
+      "`gradient_accumulation_steps` of parameter_ema is Keras 3's (ema_style='keras3'); with "
+      "ema_style='keras2' put the EMA inside optadam.accumulate_gradients instead."
+    )
+  from_keras3 = isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1
+  if not from_keras3:
+    raise ValueError(
+      f"`gradient_accumulation_steps` must be an int >= 1; got {hyperparams.describe(k)}."
+    )
+  return int(k)
+
+
+def _leaf_update(u, p, avg, blend, overwrite):
   """One parameter's ``(update, new average)``: the blend of ``x_new = p + u``, and the overwrite.
 
   `u` is None for a parameter without a gradient (Keras 3 style: averaged and overwritten
   all the same); `overwrite` is the step's flag, or None without overwrites.
   """
-  m, om = factors
   x_new = p if u is None else (p + u).astype(p.dtype)  # == optax.apply_updates
   if u is not None and avg.dtype != p.dtype:
     # Without the barrier XLA fuses this add into the average's kernel, which then reads
     # the old p after the donated buffer was updated in place (a copy of p every step),
     # and averages p + u in excess precision instead of the value the parameter stores.
     x_new = jax.lax.optimization_barrier(x_new)
-  average = lambda x: m * avg + om * x.astype(avg.dtype)
+  average = lambda x: blend(avg, x.astype(avg.dtype))
   new = average(x_new)
   if u is None:
     u = jnp.zeros_like(p)
@@ -187,24 +215,28 @@ def _leaf_update(u, p, avg, factors, overwrite):
   return u, new
 
 
-def _blend_factors(ema_momentum: Any, ema_style: str, it: jax.Array, dtype: Any) -> tuple:
-  """``(m, 1 - m)`` that blend an average of `dtype` at step `it` (updates already taken).
+def _blend(ema_momentum: Any, ema_style: str, it: jax.Array, dtype: Any) -> Any:
+  """``(avg, x) -> new average`` for an average of `dtype` at step `it` (updates already taken).
 
-  Keras 2: a Python momentum stays a Python double and ``1 - m`` is formed in double
-  (weakly typed, each rounds once to `dtype` where used); an array momentum is float32.
-  Keras 3: ``m = cast(it != 0, dtype) * ema_momentum`` (0 on the first step) and ``1 - m``,
-  in the average's dtype: a Python momentum meets the cast flag as a double, so a float64
-  average gets the double's value, not its float32 rounding.
+  Keras 2: ``m * avg + (1 - m) * x``; a Python momentum stays a Python double and ``1 - m`` is
+  formed in double (weakly typed, each rounds once to `dtype` where used); an array momentum
+  is float32. Keras 3: ``m = cast(it != 0, dtype) * ema_momentum`` and ``1 - m``, in the
+  average's dtype: a Python momentum meets the cast flag as a double, so a float64 average gets
+  the double's value, not its float32 rounding. Keras 3 starts its average at zeros, so its
+  first step gives ``x`` itself: here the average starts as a copy of the parameters, so that
+  step selects ``x`` (``0 * avg`` would be NaN for an infinite parameter).
   """
   python = isinstance(ema_momentum, (int, float))
   if ema_style == "keras3":
     momentum = ema_momentum if python else jnp.asarray(ema_momentum).astype(dtype)
-    m = (it != 0).astype(dtype) * momentum
-    return m, 1 - m
+    m3 = (it != 0).astype(dtype) * momentum
+    return lambda avg, x: jnp.where(it == 0, x, m3 * avg + (1 - m3) * x)
   if python:
-    return float(ema_momentum), 1.0 - float(ema_momentum)
-  momentum = jnp.asarray(ema_momentum, jnp.float32)
-  return momentum.astype(dtype), (1.0 - momentum).astype(dtype)
+    m, om = float(ema_momentum), 1.0 - float(ema_momentum)
+    return lambda avg, x: m * avg + om * x
+  as_array = jnp.asarray(ema_momentum, jnp.float32)
+  m_array, om_array = as_array.astype(dtype), (1.0 - as_array).astype(dtype)
+  return lambda avg, x: m_array * avg + om_array * x
 
 
 def _update_onto(avg: jax.Array, p: jax.Array) -> jax.Array:

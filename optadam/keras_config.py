@@ -1,37 +1,30 @@
-"""Keras configurations in and out: `get_config` and `from_keras_config`."""
+"""Keras configurations in and out: `get_config` and `from_keras_config`.
+
+The Adam family: Keras's ``Adam`` and ``AdamW`` (TF 2.11–2.15's and Keras 3's; the same
+keys) and TF's legacy ``Adam`` (``tf.keras.optimizers.legacy.Adam``, keys ``name,
+learning_rate, decay, beta_1, beta_2, epsilon, amsgrad`` and the clipping keys that are set),
+which becomes `optadam.adam` with an `optadam.LegacyDecay` learning rate and float32 betas.
+Any other optimizer's config is refused (`optadam._keras_classes`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
+from optadam import _keras_classes
 from optadam import alias
+from optadam import chain
 from optadam import hyperparams
 from optadam import loss_scaling
 from optadam import schedules
+from optadam.config import AdamConfig
 from optadam.chain import KerasAdam
+from optadam.learning_rate import LegacyDecay
 
-KERAS2_KEYS = (
-  "name",
-  "weight_decay",
-  "clipnorm",
-  "global_clipnorm",
-  "clipvalue",
-  "use_ema",
-  "ema_momentum",
-  "ema_overwrite_frequency",
-  "jit_compile",
-  "is_legacy_optimizer",
-  "learning_rate",
-  "beta_1",
-  "beta_2",
-  "epsilon",
-  "amsgrad",
-)
-KERAS3_EXTRA_KEYS = ("loss_scale_factor", "gradient_accumulation_steps")
-_ADAM_CLASS_NAMES = ("Adam", "keras.optimizers.Adam", "optimizers.Adam")
-_LSO_CLASS_NAMES = ("LossScaleOptimizer", "LossScaleOptimizerV3")
+_MODULES = {"Adam": "keras.optimizers", "AdamW": "keras.optimizers"}
 # Keras 3 accepts these base-optimizer keys in a LossScaleOptimizer config at their defaults only.
 _LSO_KERAS3_IGNORED = {
   "weight_decay": None,
@@ -86,14 +79,22 @@ def _plain(name: str, value: Any) -> Any:
   return number
 
 
-def get_config(tx: KerasAdam, *, keras_version: int = 2) -> dict[str, Any]:
-  """The Keras ``get_config()`` dict of an `optadam.adam` optimizer (JSON-serialisable).
+def get_config(
+  tx: KerasAdam, *, keras_version: int = 2, serialized: bool = False
+) -> dict[str, Any]:
+  """The Keras ``get_config()`` dict of an `optadam.adam` or `optadam.adamw` optimizer.
 
   ``keras_version=2`` (default) gives Keras 2's keys (a float learning rate as its
   float32 value, as Keras 2 does); ``3`` gives Keras 3's (adds
   ``loss_scale_factor`` and ``gradient_accumulation_steps``, drops ``jit_compile``
   and ``is_legacy_optimizer``). optadam-only options (``exclude_from_weight_decay``,
-  dtypes, ``ema_style``) have no Keras key and are not included.
+  dtypes, ``ema_style``) have no Keras key and are not included. An optimizer built
+  from TF's legacy Adam (``tx.config.keras_class == "legacy.Adam"``) gives the legacy
+  config (``learning_rate``, ``decay``, ...), whichever `keras_version`.
+
+  With ``serialized=True`` the result is ``keras.optimizers.serialize``'s form,
+  ``{"module": ..., "class_name": "Adam" | "AdamW", "config": {...},
+  "registered_name": None}`` (module ``keras.optimizers.legacy`` for the legacy Adam).
 
   For `optadam.loss_scale_optimizer` around `optadam.adam` it gives the
   ``LossScaleOptimizer`` config of that Keras version: Keras 2's ``{"inner_optimizer":
@@ -104,14 +105,28 @@ def get_config(tx: KerasAdam, *, keras_version: int = 2) -> dict[str, Any]:
   if keras_version not in (2, 3):
     raise ValueError(f"`keras_version` must be 2 or 3; got {keras_version!r}.")
   if isinstance(tx, loss_scaling.LossScaleOptimizer):
-    return _loss_scale_config(tx, keras_version)
-  if not isinstance(tx, KerasAdam):
+    config = _loss_scale_config(tx, keras_version)
+    cls, module = "LossScaleOptimizer", "keras.mixed_precision"
+  elif isinstance(tx, KerasAdam):
+    cls = tx.config.keras_class
+    if cls == "legacy.Adam":
+      config, cls, module = _legacy_config(tx.config), "Adam", "keras.optimizers.legacy"
+    else:
+      config, module = _new_config(tx.config, keras_version), _MODULES[cls]
+  else:
     raise TypeError(
-      "get_config needs the optimizer returned by optadam.adam or "
+      "get_config needs the optimizer returned by optadam.adam, optadam.adamw or "
       f"optadam.loss_scale_optimizer(optadam.adam(...)); got {type(tx).__name__}."
     )
-  args = tx.config.keras_args
-  config = {
+  if not serialized:
+    return config
+  return {"module": module, "class_name": cls, "config": config, "registered_name": None}
+
+
+def _new_config(config: AdamConfig, keras_version: int) -> dict[str, Any]:
+  """Keras 2's or Keras 3's ``Adam.get_config()`` (and ``AdamW``'s: the same keys)."""
+  args = config.keras_args
+  out = {
     "name": args["name"],
     "weight_decay": _plain("weight_decay", args["weight_decay"]),
     "clipnorm": _plain("clipnorm", args["clipnorm"]),
@@ -129,82 +144,130 @@ def get_config(tx: KerasAdam, *, keras_version: int = 2) -> dict[str, Any]:
     "amsgrad": bool(args["amsgrad"]),
   }
   if keras_version == 3:
-    del config["jit_compile"], config["is_legacy_optimizer"]
-    config["loss_scale_factor"] = _plain("loss_scale_factor", args["loss_scale_factor"])
-    config["gradient_accumulation_steps"] = args["gradient_accumulation_steps"]
-  return config
+    del out["jit_compile"], out["is_legacy_optimizer"]
+    out["loss_scale_factor"] = _plain("loss_scale_factor", args["loss_scale_factor"])
+    out["gradient_accumulation_steps"] = args["gradient_accumulation_steps"]
+  return out
+
+
+def _legacy_config(config: AdamConfig) -> dict[str, Any]:
+  """TF's legacy ``Adam.get_config()``: the clipping keys only when set, float32 values."""
+  rule = config.learning_rate
+  assert isinstance(rule, LegacyDecay)  # AdamConfig checks it for keras_class "legacy.Adam"
+  out: dict[str, Any] = {"name": config.name}
+  for key in ("clipnorm", "clipvalue", "global_clipnorm"):
+    if getattr(config, key) is not None:
+      out[key] = _plain(key, getattr(config, key))
+  out["learning_rate"] = _serialize_learning_rate(rule.learning_rate)
+  out["decay"] = _plain("decay", rule.decay)
+  for key in ("beta_1", "beta_2", "epsilon"):
+    out[key] = _plain(key, getattr(config, key))
+  out["amsgrad"] = bool(config.amsgrad)
+  return out
 
 
 def from_keras_config(config: dict[str, Any], **overrides: Any) -> KerasAdam:
-  """Builds `optadam.adam` from a Keras Adam configuration.
+  """Builds `optadam.adam` (or `optadam.adamw`) from a Keras Adam-family configuration.
 
   Accepts a Keras 2 ``optimizer.get_config()`` dict, a Keras 3 one, or the
   ``{"class_name": "Adam", "config": {...}}`` wrapper that
-  ``keras.optimizers.serialize`` writes; a learning-rate schedule in Keras's
-  serialized form becomes the matching `optadam.schedules` class. `overrides`
-  are passed to `optadam.adam` as well (e.g. ``exclude_from_weight_decay``,
-  which Keras keeps outside the config).
+  ``keras.optimizers.serialize`` writes, of ``Adam``, ``AdamW`` (a bare config is
+  AdamW when its ``name`` is Keras's default, ``"AdamW"`` or ``"adam_w"``) and TF's
+  legacy ``Adam`` (its ``decay`` becomes an `optadam.LegacyDecay` learning rate, its
+  betas float32 numbers, so that ``1 - beta`` is formed in float32 as TF's legacy
+  kernels do, and an ``epsilon`` of 0 is 1e-7, as TF's legacy Adam makes it). A
+  learning-rate schedule in Keras's serialized form becomes the matching
+  `optadam.schedules` class. `overrides` are passed to `optadam.adam` as well (e.g.
+  ``exclude_from_weight_decay``, which Keras keeps outside the config).
 
   A ``LossScaleOptimizer`` config (Keras 2's, with ``"dynamic"``, or Keras 3's, with
   ``"name"``; bare or in its ``{"class_name": "LossScaleOptimizer", ...}`` wrapper) gives
   `optadam.loss_scale_optimizer` around the inner Adam, in the matching ``style``.
 
   Raises:
-    ValueError: for another optimizer class, unknown keys or malformed values.
+    ValueError: for another optimizer (named where its class name, keys or name tell
+      it), a bare config without Adam's keys, unknown keys or malformed values.
   """
   if not isinstance(config, dict):
     raise TypeError(f"from_keras_config needs a dict; got {hyperparams.describe(config)}.")
-  if config.get("class_name") in _LSO_CLASS_NAMES or "inner_optimizer" in config:
+  if config.get("class_name") in _keras_classes.LSO_CLASSES or "inner_optimizer" in config:
     return _loss_scale_from_config(config, overrides)
+  module = cls = None
   if "class_name" in config:
-    class_name = config["class_name"]
-    if class_name not in _ADAM_CLASS_NAMES:
-      raise ValueError(f"from_keras_config builds Adam only; got class_name={class_name!r}.")
+    module, cls = config.get("module"), _keras_classes.class_name(config)
     config = _unwrap_serialized(config, "Keras optimizer", "Adam")
-  unknown = sorted(set(config) - set(KERAS2_KEYS) - set(KERAS3_EXTRA_KEYS))
+  member = _keras_classes.family_member(config, module, cls)
+  if member == "legacy.Adam":
+    return _legacy_from_config(config, overrides)
+  return _new_from_config(config, member, overrides)
+
+
+def _new_from_config(config: dict[str, Any], member: str, overrides: dict[str, Any]) -> KerasAdam:
+  known = _keras_classes.KERAS2_KEYS + _keras_classes.KERAS3_EXTRA_KEYS
+  unknown = sorted(set(config) - set(known))
   if unknown:
     raise ValueError(
-      f"Unknown keys in the Keras Adam config: {unknown}. Known keys: "
-      f"{sorted(KERAS2_KEYS + KERAS3_EXTRA_KEYS)}."
-    )
-  if config.get("is_legacy_optimizer"):
-    raise ValueError(
-      "A legacy Keras optimizer config (is_legacy_optimizer=True) has other semantics; "
-      "optadam reproduces the new optimizer (TF 2.11+)."
+      f"Unknown keys in the Keras {member} config: {unknown}. Known keys: {sorted(known)}."
     )
   kwargs = {k: v for k, v in config.items() if k != "is_legacy_optimizer"}
-  lr = kwargs.get("learning_rate", 0.001)
-  if isinstance(lr, dict):
-    kwargs["learning_rate"] = schedules.deserialize(lr)
-  elif isinstance(lr, (list, str)) or lr is None:
-    raise ValueError(
-      f"`learning_rate` in a Keras config must be a number or a serialized schedule; got {lr!r}."
-    )
+  kwargs["learning_rate"] = _learning_rate(kwargs.get("learning_rate", 0.001))
   if kwargs.get("gradient_accumulation_steps") is None:
     kwargs.pop("gradient_accumulation_steps", None)
   kwargs.update(overrides)
-  return alias.adam(**kwargs)
+  return (alias.adamw if member == "AdamW" else alias.adam)(**kwargs)
+
+
+def _legacy_from_config(config: dict[str, Any], overrides: dict[str, Any]) -> KerasAdam:
+  """`optadam.adam` with TF's legacy Adam's learning rate (`LegacyDecay`) and float32 betas."""
+  unknown = sorted(set(config) - set(_keras_classes.LEGACY_KEYS))
+  if unknown:
+    raise ValueError(
+      f"Unknown keys in the legacy Keras Adam config: {unknown}. Known keys: "
+      f"{sorted(_keras_classes.LEGACY_KEYS)}."
+    )
+  clips = [k for k in ("clipnorm", "clipvalue", "global_clipnorm") if config.get(k)]
+  if len(clips) > 1:
+    raise ValueError(
+      f"This legacy Adam config sets {' and '.join(clips)}: TF's legacy optimizer clips by value "
+      "and then by norm, optadam.adam applies one clipping rule, so it cannot continue this "
+      "run exactly."
+    )
+  rule = LegacyDecay(_learning_rate(config.get("learning_rate", 0.001)), config.get("decay", 0.0))
+  built = AdamConfig(
+    learning_rate=rule,
+    beta_1=np.float32(config.get("beta_1", 0.9)),
+    beta_2=np.float32(config.get("beta_2", 0.999)),
+    epsilon=config.get("epsilon") or 1e-7,  # TF's legacy Adam: `epsilon or backend.epsilon()`
+    amsgrad=config.get("amsgrad", False),
+    **{k: config[k] for k in clips},
+    name=config.get("name", "Adam"),
+    keras_class="legacy.Adam",
+  )
+  return chain.build(dataclasses.replace(built, **overrides) if overrides else built)
+
+
+def _learning_rate(lr: Any) -> Any:
+  """A config's learning rate: a number, or a serialized schedule made an `optadam.schedules`."""
+  if isinstance(lr, dict):
+    return schedules.deserialize(lr)
+  if isinstance(lr, (list, str)) or lr is None:
+    raise ValueError(
+      f"`learning_rate` in a Keras config must be a number or a serialized schedule; got {lr!r}."
+    )
+  return lr
 
 
 # --- LossScaleOptimizer configs ---------------------------------------------------------------
 
 
-def _serialized_adam(tx: Any, keras_version: int) -> dict[str, Any]:
-  if not isinstance(tx, KerasAdam):
-    raise TypeError(
-      f"get_config of a loss_scale_optimizer needs optadam.adam inside it; got {type(tx).__name__}."
-    )
-  return {
-    "module": "keras.optimizers",
-    "class_name": "Adam",
-    "config": get_config(tx, keras_version=keras_version),
-    "registered_name": None,
-  }
-
-
 def _loss_scale_config(tx: loss_scaling.LossScaleOptimizer, keras_version: int) -> dict[str, Any]:
   """Keras 2's or Keras 3's ``LossScaleOptimizer.get_config()``."""
-  inner = _serialized_adam(tx.inner, keras_version)
+  if not isinstance(tx.inner, KerasAdam):
+    raise TypeError(
+      "get_config of a loss_scale_optimizer needs optadam.adam inside it; got "
+      f"{type(tx.inner).__name__}."
+    )
+  inner = get_config(tx.inner, keras_version=keras_version, serialized=True)
   scale = float(tx.initial_scale)
   if keras_version == 2:
     return {

@@ -23,12 +23,14 @@ import dataclasses
 import json
 import os
 import re
+import warnings
 from typing import Any, Optional
 from collections.abc import Mapping
 
 import jax
 import numpy as np
 
+from optadam import _keras_classes
 from optadam import _keras_file_formats as formats
 from optadam import _tree
 from optadam import keras_config
@@ -181,34 +183,22 @@ def read_keras_file(path: str | os.PathLike) -> KerasFile:
 
 def _check_optimizer(record: KerasFile) -> dict[str, Any]:
   """The file's optimizer config, refused with a clear reason when optadam cannot continue it."""
-  where = record.path
   entry = record.optimizer_config
   if entry is None:
     raise ValueError(
-      f"{where!r} holds a model saved without its optimizer (an uncompiled model, or "
+      f"{record.path!r} holds a model saved without its optimizer (an uncompiled model, or "
       "`include_optimizer=False`): there is no optimizer state to resume. Build one with "
       "`optadam.adam(...)` and `tx.init(params)` instead."
     )
-  cls = entry.get("class_name")
-  config = entry.get("config") or {}
-  if config.get("is_legacy_optimizer") or (cls == "Adam" and "decay" in config):
-    raise ValueError(
-      f"{where!r}: the optimizer is a legacy (pre-TF 2.11) Keras optimizer "
-      f"(tf.keras.optimizers.legacy.{cls}); optadam continues the new optimizer only. "
-      "Its state cannot be carried over: start the new Adam fresh from the weights."
+  adam = entry
+  if _keras_classes.class_name(entry) in _keras_classes.LSO_CLASSES:
+    adam = (entry.get("config") or {}).get("inner_optimizer") or {}
+  try:
+    _keras_classes.family_member(
+      adam.get("config") or {}, adam.get("module"), _keras_classes.class_name(adam)
     )
-  if cls in formats.LSO_CLASSES:
-    inner = config.get("inner_optimizer") or {}
-    if inner.get("class_name") != "Adam":
-      raise ValueError(
-        f"{where!r}: the {cls} wraps {inner.get('class_name')!r}, not Adam; optadam continues "
-        "Keras's Adam only."
-      )
-    return entry
-  if cls != "Adam":
-    raise ValueError(
-      f"{where!r}: the optimizer is {cls!r}, not Adam; optadam continues Keras's Adam only."
-    )
+  except ValueError as e:
+    raise ValueError(f"{record.path!r}: {e}") from None
   return entry
 
 
@@ -248,24 +238,25 @@ def _keras_order(
   return [by_file[t] for t in record.trainable]
 
 
-def _never_stepped(record: KerasFile, config: dict) -> bool:
+def _never_stepped(record: KerasFile, layout: formats.SlotLayout) -> bool:
   """A compiled model saved before its first step: the optimizer has no slots yet."""
-  own = 1 + int(record.keras_major >= 3 and not isinstance(config.get("learning_rate"), dict))
   values = record.optimizer_variables
-  return len(values) <= own and all(int(np.asarray(v)) == 0 for v in values[:1])
+  return len(values) <= 1 + layout.lr_var and all(int(np.asarray(v)) == 0 for v in values[:1])
 
 
-def _check_fit(record: KerasFile, config: dict, params: Any, order: Optional[list[str]]) -> None:
+def _check_fit(
+  record: KerasFile, layout: formats.SlotLayout, params: Any, order: Optional[list[str]]
+) -> None:
   """Number and shapes of the file's trainable variables against `params`, named."""
   leaves_with_paths = jax.tree_util.tree_flatten_with_path(params)[0]
   paths = [_tree.path_str(p) for p, _ in leaves_with_paths]
   shapes = {pth: np.shape(leaf) for pth, (_, leaf) in zip(paths, leaves_with_paths)}
-  n_file = formats.count_trainables(record.keras_major, config, len(record.optimizer_variables))
+  n_file = layout.count_trainables(len(record.optimizer_variables))
   if n_file is None:
+    kind = "TF's legacy Adam" if layout.legacy else f"Keras {record.keras_major}'s Adam"
     raise ValueError(
-      f"{record.path!r}: {len(record.optimizer_variables)} optimizer variables do not fit an "
-      f"Adam with use_ema={config.get('use_ema')}, amsgrad={config.get('amsgrad')} (Keras "
-      f"{record.keras_major} layout); the file may be damaged."
+      f"{record.path!r}: {len(record.optimizer_variables)} optimizer variables do not fit "
+      f"{kind} with use_ema={layout.avg}, amsgrad={layout.amsgrad}; the file may be damaged."
     )
   if n_file != len(paths):
     listed = f" ({list(record.trainable)})" if record.trainable else ""
@@ -275,7 +266,7 @@ def _check_fit(record: KerasFile, config: dict, params: Any, order: Optional[lis
     )
   keras_paths = order if order is not None else paths
   for i, p in enumerate(keras_paths):
-    j = formats.first_moment_index(record.keras_major, config, i, n_file)
+    j = layout.first_moment_index(i, n_file)
     file_shape = np.shape(record.optimizer_variables[j])
     if file_shape != shapes[p]:
       var = record.trainable[i] if record.trainable and i < len(record.trainable) else f"#{i}"
@@ -328,32 +319,46 @@ def from_keras_file(
     10
   """
   record = read_keras_file(path)
-  entry = _check_optimizer(record)
-  if entry["class_name"] in formats.LSO_CLASSES:
+  entry = json.loads(json.dumps(_check_optimizer(record)))  # a deep copy: the record stays as read
+  if _keras_classes.class_name(entry) in _keras_classes.LSO_CLASSES:
     return _from_loss_scale_file(record, entry, params, names, overrides)
-  config = dict(entry["config"])
-  config.pop("jit_compile", None)
-  if record.keras_major >= 3 and config.get("use_ema"):
-    overrides.setdefault("ema_style", "keras3")
+  _as_continued(entry["config"], record.keras_major, overrides)
   order = _keras_order(record, params, names)
-  tx = keras_config.from_keras_config(config, **overrides)
-  if _never_stepped(record, config):
+  tx = keras_config.from_keras_config(entry, **overrides)
+  layout = formats.SlotLayout(record.keras_major, entry)
+  if _never_stepped(record, layout):
+    if layout.legacy and record.format == "keras":
+      warnings.warn(_LEGACY_KERAS_ARCHIVE.format(path=record.path), stacklevel=2)
     return tx, tx.init(params)
-  _check_fit(record, config, params, order)
+  _check_fit(record, layout, params, order)
   state = keras_state.state_from_keras(tx, list(record.optimizer_variables), params, order=order)
   return tx, state
+
+
+_LEGACY_KERAS_ARCHIVE = (
+  "{path!r} holds TF's legacy Adam, and TF 2.15 saves no state of a legacy optimizer in a "
+  ".keras archive: like tf.keras.models.load_model, optadam starts it afresh (step 0, zero "
+  "moments). The run's .h5 file (model.save('run.h5')) holds the state."
+)
+
+
+def _as_continued(body: Any, keras_major: int, overrides: dict[str, Any]) -> None:
+  """The file's Adam options, for a continuation: its ``jit_compile`` is dropped (TF 2.15
+  records the effective value), and Keras 3's EMA is Keras 3's (``ema_style="keras3"``)."""
+  if not isinstance(body, dict):
+    return
+  body.pop("jit_compile", None)
+  if keras_major >= 3 and body.get("use_ema"):
+    overrides.setdefault("ema_style", "keras3")
 
 
 def _from_loss_scale_file(record, entry, params, names, overrides):
   """`optadam.loss_scale_optimizer` around the file's Adam, and its state."""
   order = _keras_order(record, params, names)
-  entry = json.loads(json.dumps(entry))  # a deep copy: the record stays as read
   inner = entry["config"]["inner_optimizer"]
-  body = inner.get("config") if "class_name" in inner else inner
-  if isinstance(body, dict):  # the inner Adam's options, as for a plain Adam file
-    body.pop("jit_compile", None)
-    if record.keras_major >= 3 and body.get("use_ema"):
-      overrides.setdefault("ema_style", "keras3")
+  _as_continued(
+    inner.get("config") if "class_name" in inner else inner, record.keras_major, overrides
+  )
   tx = keras_config.from_keras_config(entry, **overrides)
   extra = {}
   if record.keras_major < 3:

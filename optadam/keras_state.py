@@ -15,10 +15,18 @@ from optadam import keras3
 from optadam import loss_scaling
 from optadam import readers
 from optadam.chain import KerasAdam
+from optadam.config import AdamConfig
 
 
-def _layout(n: int, count: int, use_ema: bool, amsgrad: bool) -> Optional[dict[str, Any]]:
-  """Positions in a Keras optimizer's `variables` (Keras 2 and Keras 3 layouts)."""
+def _layout(
+  n: int, count: int, use_ema: bool, amsgrad: bool, legacy: bool
+) -> Optional[dict[str, Any]]:
+  """Positions in a Keras optimizer's `variables` (Keras 2, Keras 3 and TF legacy layouts)."""
+  if legacy:  # iteration, every m, every v, every v-hat
+    if count != 1 + n * (2 + amsgrad):
+      return None
+    block = lambda b: list(range(1 + b * n, 1 + (b + 1) * n))
+    return {"avg": [], "acc": [], "m": block(0), "v": block(1), "vhat": block(2) if amsgrad else []}
   base = 1 + n * (2 + use_ema + amsgrad)
   for lr_slot, acc in ((0, 0), (1, 0), (0, 1), (1, 1)):  # Keras 3: learning_rate var, accumulators
     if count == base + lr_slot + acc * n:
@@ -90,17 +98,20 @@ def state_from_keras(
       "`loss_scale` / `dynamic_counter` are for a loss_scale_optimizer; this optimizer has none."
     )
   config = tx.config
-  slots = _Slots(variables, params, order, config.use_ema, config.amsgrad)
+  slots = _Slots(variables, params, order, config)
   grouped = tx.init(params)
   state = readers.ungroup_state(grouped)  # filled per parameter path, packed again at the end
   iteration = int(np.asarray(variables[0]))
   real = iteration // (config.gradient_accumulation_steps or 1)
   if isinstance(state, keras3.GradientAccumulationState):
     acc = slots.tree("acc", state.acc) if slots.layout["acc"] else state.acc
-    inner = _filled(state.inner, slots, _count(real), config.amsgrad, config.use_ema)
+    # Keras 3's EMA sees every call (optadam.chain): its count is the raw iteration.
+    every_call = config.use_ema and config.ema_style == "keras3"
+    ema_count = _count(iteration if every_call else real)
+    inner = _filled(state.inner, slots, _count(real), config, ema_count)
     state = state._replace(count=_count(iteration), acc=acc, inner=inner)
   else:
-    state = _filled(state, slots, _count(real), config.amsgrad, config.use_ema)
+    state = _filled(state, slots, _count(real), config, _count(real))
   return readers.regroup_state(state, grouped)
 
 
@@ -111,7 +122,7 @@ def _count(c: int) -> jax.Array:
 class _Slots:
   """A Keras optimizer's variables, read per kind (``m``, ``v``, ``vhat``, ``avg``, ``acc``)."""
 
-  def __init__(self, variables: Sequence[Any], params: Any, order: Any, use_ema, amsgrad):
+  def __init__(self, variables: Sequence[Any], params: Any, order: Any, config: AdamConfig):
     paths_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     self.paths = [_tree.path_str(p) for p, _ in paths_leaves]
     self.leaves = [leaf for _, leaf in paths_leaves]
@@ -119,12 +130,18 @@ class _Slots:
     self.variables = variables
     self.keras_index = _keras_index(order, self.paths)
     n = len(self.leaves)
-    layout = _layout(n, len(variables), use_ema, amsgrad)
+    use_ema, amsgrad = config.use_ema, config.amsgrad
+    legacy = config.keras_class == "legacy.Adam"
+    layout = _layout(n, len(variables), use_ema, amsgrad, legacy)
     if layout is None:
       raise ValueError(
         f"Got {len(variables)} Keras optimizer variables for {n} parameters "
         f"(use_ema={use_ema}, amsgrad={amsgrad}); expected {1 + n * (2 + use_ema + amsgrad)} "
-        "(Keras 2) or that plus the learning rate / accumulators (Keras 3)."
+        + (
+          "(TF's legacy Adam)."
+          if legacy
+          else "(Keras 2) or that plus the learning rate / accumulators (Keras 3)."
+        )
       )
     self.layout = layout
 
@@ -159,17 +176,19 @@ def _keras_index(order: Optional[Sequence[str]], paths: list[str]) -> list[int]:
   return [list(order).index(p) for p in paths]
 
 
-def _filled(inner: Any, slots: _Slots, count: jax.Array, amsgrad: bool, use_ema: bool) -> Any:
+def _filled(
+  inner: Any, slots: _Slots, count: jax.Array, config: AdamConfig, ema_count: jax.Array
+) -> Any:
   """An `AdamState` (per parameter path) with Keras's moments, v-hat, averages and counts."""
   adam_state = inner.adam._replace(
     count=count,
     mu=slots.tree("m", inner.adam.mu),
     nu=slots.tree("v", inner.adam.nu),
-    nu_max=slots.tree("vhat", inner.adam.nu_max) if amsgrad else None,
+    nu_max=slots.tree("vhat", inner.adam.nu_max) if config.amsgrad else None,
   )
   inner = _with_counts(inner._replace(adam=adam_state), count)
-  if use_ema:
-    ema = ema_lib.ParameterEmaState(count=count, ema=slots.tree("avg", inner.ema.ema))
+  if config.use_ema:
+    ema = ema_lib.ParameterEmaState(count=ema_count, ema=slots.tree("avg", inner.ema.ema))
     inner = inner._replace(ema=ema)
   return inner
 

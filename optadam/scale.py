@@ -62,11 +62,13 @@ def scale_by_keras_adam(
   ``v``; Keras maxes the raw one. The two agree only when epsilon is 0.
 
   Numerics: ``1 - beta`` is formed in Python double precision and rounded to the
-  moment dtype (Keras's rounding); the powers and ``c`` are computed in float32
-  (float64 for float64 moments, from ``float32(beta)`` as Keras 2's ``tf.cast``
-  does), so that 16-bit parameters still move (Keras 2 rounds ``beta_2 = 0.999``
-  to 1.0 in bfloat16 and never moves them). The
-  step count is a saturating int32. Gradient leaves that are ``None`` leave
+  moment dtype (Keras's rounding) for a Python-number beta, and in float32 for a
+  float32 number or array (``np.float32(0.9)``: ``1 - 0.9f = 0.100000024``, what
+  TF's legacy Adam kernels compute; see `optadam.LegacyDecay`); the powers and ``c``
+  are computed in float32 (float64 for float64 moments, from ``float32(beta)`` as
+  Keras 2's ``tf.cast`` does), so that 16-bit parameters still move (Keras 2 rounds
+  ``beta_2 = 0.999`` to 1.0 in bfloat16 and never moves them). The step count is a
+  saturating int32. Gradient leaves that are ``None`` leave
   their moments untouched and give a ``None`` update; sparse
   `optadam.IndexedSlices` gradients give the dense-equivalent result.
 

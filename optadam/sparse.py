@@ -1,7 +1,8 @@
 """Sparse gradient leaves: `optadam.IndexedSlices` and ``jax.experimental.sparse.BCOO``.
 
 Keras receives ``tf.IndexedSlices`` gradients (row ``indices``, ``values`` of shape
-``[k, *dense_shape[1:]]``) from gathers and embedding lookups. Keras 2 (docs: :ref:`sparse-gradients`)
+``[k, *dense_shape[1:]]``) from gathers and embedding lookups. Keras 2
+(docs: :ref:`sparse-gradients`)
 
 1. clips them on their raw values (norms over the values, duplicates included),
 2. sums the values of repeated indices (``_deduplicate_sparse_grad``),

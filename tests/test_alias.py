@@ -144,6 +144,7 @@ def test_none_leaves_leave_their_state_untouched(pattern, amsgrad):
   tx = optadam.adam(amsgrad=amsgrad, weight_decay=0.1, use_ema=True, ema_overwrite_frequency=2)
   params = {"a": jnp.arange(3.0), "b": -jnp.arange(2.0)}
   state = tx.init(params)
+  steps = 0
   for i, (a_none, b_none) in enumerate(pattern):
     grads = {
       "a": None if a_none else jnp.full(3, 0.3 * (i + 1)),
@@ -158,5 +159,6 @@ def test_none_leaves_leave_their_state_untouched(pattern, amsgrad):
         np.testing.assert_array_equal(new_state.ema.ema[key], state.ema.ema[key])
         if amsgrad:
           np.testing.assert_array_equal(new_state.adam.nu_max[key], state.adam.nu_max[key])
-    assert int(new_state.adam.count) == i + 1
+    steps += not (a_none and b_none)  # a step without any gradient is no step (Keras 3)
+    assert int(new_state.adam.count) == steps
     params, state = optadam.apply_updates(params, updates), new_state

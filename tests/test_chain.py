@@ -7,6 +7,7 @@ Keras's order giving `optadam.adam` exactly.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import optax
 import pytest
@@ -84,3 +85,15 @@ def test_standalone_building_blocks_compose_in_optax_chain():
   c, _ = run_optadam(adamw_order, params0, grads)
   assert worst_relative(a, b) == 0.0
   assert 0.0 < worst_relative(c, b) < 1e-6
+
+
+def test_a_step_without_any_gradient_is_no_step():
+  """All gradients None: the state comes back as it was and the step is not counted (Keras 3
+  returns without counting it; Keras 2 raises)."""
+  params = {"a": jnp.ones(3), "b": jnp.zeros(2)}
+  for kwargs in ({}, dict(use_ema=True, ema_style="keras3", gradient_accumulation_steps=2)):
+    tx = optadam.adam(0.1, **kwargs)
+    state = tx.init(params)
+    updates, new = tx.update({"a": None, "b": None}, state, params)
+    assert updates == {"a": None, "b": None}
+    assert jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.all(x == y)), new, state))

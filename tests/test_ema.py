@@ -200,3 +200,15 @@ def test_keras3_style_blends_float64_with_the_double_momentum():
       momentum = np.float64(step != 0) * 0.3
       avg = x if avg is None else momentum * avg + (1 - momentum) * x
       np.testing.assert_array_equal(np.asarray(optadam.ema_params(state)["w"]), avg)
+
+
+def test_keras3_first_step_takes_the_parameters_also_when_infinite():
+  """Keras 3 starts its average at zeros, so its first step gives the parameters themselves:
+  also an infinite one (a copy blended with momentum 0 would be 0 * inf = NaN)."""
+  tx = optax.chain(optax.sgd(0.1), optadam.parameter_ema(0.9, ema_style="keras3"))
+  params = {"w": jnp.asarray([jnp.inf, 1.0])}
+  state = tx.init(params)
+  _, state = tx.update({"w": jnp.zeros(2)}, state, params)
+  np.testing.assert_array_equal(optadam.ema_params(state)["w"], [np.inf, 1.0])
+  with pytest.raises(ValueError, match="keras3"):
+    optadam.parameter_ema(0.9, gradient_accumulation_steps=2)

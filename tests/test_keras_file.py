@@ -135,16 +135,17 @@ def test_reads_what_keras_saved(base, name):
   assert record.format == name.rsplit(".", 1)[1]
   assert record.keras_version == meta["keras_version"]
   assert record.keras_major == meta["keras_major"]
-  assert record.optimizer_class == "Adam"
+  member = meta.get("optimizer", "Adam")  # Adam, AdamW or legacy.Adam
+  assert record.optimizer_class == member.split(".")[-1]
   config = dict(record.optimizer_config["config"])
   schedule = isinstance(config["learning_rate"], dict)
   if record.keras_major == 3 and not schedule:
     assert record.optimizer_variables[1] == np.float32(config["learning_rate"])  # the lr variable
   assert config == meta["config"]
   assert len(record.optimizer_variables) == len(meta["optimizer_variable_names"])
-  assert (
-    optadam.from_keras_config(record.optimizer_config).keras_args["amsgrad"] == config["amsgrad"]
-  )
+  tx = optadam.from_keras_config(record.optimizer_config)
+  assert tx.keras_args["amsgrad"] == config["amsgrad"]
+  assert tx.config.keras_class == member
   for j, value in enumerate(record.optimizer_variables):
     np.testing.assert_array_equal(value, z[f"optvar_{j}"])
     assert value.dtype == z[f"optvar_{j}"].dtype
@@ -313,11 +314,82 @@ def test_other_optimizer(name):
 
 
 def test_legacy_optimizer():
+  """TF's legacy Adam's .h5: its iteration, then every m, every v (and v-hat)."""
   name = "tf215_legacy_adam.h5"
   record = optadam.read_keras_file(fixture(name))
   assert record.optimizer_variable_names[0] == "Adam/iter:0"
-  with pytest.raises(ValueError, match=rf"{name}.*legacy \(pre-TF 2.11\)"):
-    optadam.from_keras_file(fixture(name), list(record.weights.values()))
+  params = [jnp.asarray(record.weights[k]) for k in record.trainable]
+  tx, state = optadam.from_keras_file(fixture(name), params)
+  assert tx.config.keras_class == "legacy.Adam"
+  assert isinstance(tx.config.learning_rate, optadam.LegacyDecay)
+  assert int(state.adam.count) == int(record.optimizer_variables[0])
+  n = len(params)
+  for i, key in enumerate(record.trainable):
+    np.testing.assert_array_equal(state.adam.mu[i], record.optimizer_variables[1 + i])
+    np.testing.assert_array_equal(state.adam.nu[i], record.optimizer_variables[1 + n + i])
+    assert record.optimizer_variable_names[1 + i] == f"Adam/{key}/m:0"
+
+
+LEGACY_ARCHIVES = [
+  (b, f) for b, m in META.items() for f in m.get("files_without_optimizer_state", [])
+]
+
+
+@pytest.mark.parametrize("base,name", LEGACY_ARCHIVES, ids=[f for _, f in LEGACY_ARCHIVES])
+def test_legacy_keras_archive_restarts_like_load_model(base, name):
+  """TF 2.15 saves no state of a legacy optimizer in a .keras archive: load_model restarts it
+  at step 0, and so does from_keras_file (with a warning); the continuation is Keras's."""
+  _, z, grads, _, _, _ = continuation(base)
+  record = optadam.read_keras_file(fixture(name))
+  assert record.optimizer_variables == ()
+  params, names = flax_params(record)
+  with pytest.warns(UserWarning, match="no state of a legacy optimizer"):
+    tx, state = optadam.from_keras_file(fixture(name), params, names=names)
+  assert tx.config.keras_class == "legacy.Adam" and int(state.adam.count) == 0
+  expected = [
+    {p: z[f"reloaded_params_{i}"][s] for i, p in enumerate(FLAX_PATHS)} for s in range(10)
+  ]
+  ours = []
+  for g in grads:
+    updates, state = tx.update(nested(g), state, params)
+    params = optadam.apply_updates(params, updates)
+    ours.append(flat(params))
+  assert worst_ulps(ours, expected) <= MAX_ULPS
+
+
+@pytest.mark.parametrize("base,name", FILES, ids=[f for _, f in FILES])
+def test_config_and_file_build_the_same_optimizer(base, name):
+  """The optimizer built from the file's config (and its state from the file's variables)
+  steps exactly like the one from_keras_file builds."""
+  meta, _, grads, _, _, _ = continuation(base)
+  record = optadam.read_keras_file(fixture(name))
+  params, names = flax_params(record)
+  overrides = {}
+  if meta["exclude_from_weight_decay"]:
+    overrides["exclude_from_weight_decay"] = meta["exclude_from_weight_decay"]
+  tx_file, state_file = optadam.from_keras_file(fixture(name), params, names=names, **overrides)
+  if record.keras_major >= 3 and meta["kwargs"].get("use_ema"):
+    overrides["ema_style"] = "keras3"
+  tx = optadam.from_keras_config(record.optimizer_config, jit_compile=True, **overrides)
+  order = [p for t in record.trainable for p, k in names.items() if k == t]
+  state = optadam.state_from_keras(tx, list(record.optimizer_variables), params, order=order)
+  for g in grads[:4]:
+    u_file, state_file = tx_file.update(nested(g), state_file, params)
+    u, state = tx.update(nested(g), state, params)
+    jax.tree.map(np.testing.assert_array_equal, u, u_file)
+
+
+@pytest.mark.parametrize(
+  "name,damage",
+  [
+    ("damaged_config_not_json.keras", "its config.json is not valid JSON"),
+    ("damaged_truncated.h5", "the HDF5 file cannot be read"),
+    ("damaged_truncated_weights.keras", "its model.weights.h5 cannot be read"),
+  ],
+)
+def test_damaged_files(name, damage):
+  with pytest.raises(ValueError, match=rf"{name}.* is damaged: {damage}"):
+    optadam.read_keras_file(fixture(name))
 
 
 @pytest.mark.parametrize(

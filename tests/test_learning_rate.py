@@ -7,6 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import optadam
 from helpers import worst_relative
@@ -75,3 +76,23 @@ def test_zero_arg_callable_matches_reference_schedule():
     hist.append({k: np.asarray(v) for k, v in params.items()})
   ref, _ = reference_adam(params0, grads, learning_rate=lambda i: lrs[i])
   assert worst_relative(hist, ref) < 1e-6
+
+
+def test_legacy_decay_is_tf_legacy_learning_rate():
+  """LegacyDecay: lr(t) / (1 + decay * t) in float32, with t the steps already taken, a
+  schedule's value composed with the decay; decay 0 leaves the rate alone."""
+  f32 = np.float32
+  rule = optadam.LegacyDecay(0.01, decay=0.05)
+  for t in (0, 1, 7, 1000):
+    want = f32(0.01) / (f32(1) + f32(0.05) * f32(t))
+    assert np.float32(rule(jnp.int32(t))) == want
+    assert np.float32(jax.jit(rule)(jnp.int32(t))) == pytest.approx(want, rel=3e-7)
+  sched = optadam.schedules.ExponentialDecay(0.01, 4, 0.7, staircase=True)
+  composed = optadam.LegacyDecay(sched, decay=0.02)
+  want = f32(sched(jnp.float32(9))) / (f32(1) + f32(0.02) * f32(9))
+  assert np.float32(composed(jnp.int32(9))) == want
+  assert np.float32(optadam.LegacyDecay(0.003, 0.0)(jnp.int32(50))) == f32(0.003)
+  with pytest.raises(ValueError, match="decay"):
+    optadam.LegacyDecay(0.01, decay=-0.1)
+  with pytest.raises(TypeError, match="zero-argument"):
+    optadam.LegacyDecay(lambda: 0.01)

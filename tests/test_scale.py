@@ -79,3 +79,17 @@ def test_mu_nu_dtypes_and_gradient_cast():
   updates, state2 = tx.update({"w": jnp.ones(3, jnp.float32)}, state, params)  # float32 gradient
   chex.assert_trees_all_equal_shapes_and_dtypes(state2, state)
   assert optadam.apply_updates(params, updates)["w"].dtype == jnp.bfloat16
+
+
+def test_float32_betas_give_tf_legacy_one_minus_beta():
+  """A float32 beta forms 1 - beta in float32 (TF's legacy kernels: 1 - 0.9f = 0.100000024); a
+  Python beta forms it in double and rounds it (the new Keras Adam: 0.1)."""
+  g = jnp.ones(1)
+  for beta_1, one_minus in (
+    (0.9, np.float32(1 - 0.9)),
+    (np.float32(0.9), np.float32(1) - np.float32(0.9)),
+  ):
+    tx = optadam.scale_by_keras_adam(beta_1=beta_1)
+    _, state = tx.update(g, tx.init(jnp.zeros(1)))
+    assert np.float32(state.mu[0]) == one_minus
+  assert np.float32(1) - np.float32(0.9) != np.float32(1 - 0.9)

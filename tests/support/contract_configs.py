@@ -66,13 +66,23 @@ def _loss_scale_optimizer(style: str) -> Callable[[Any], Any]:
   return wrap
 
 
+def _legacy_adam(**kwargs: Any) -> Any:
+  """TF's legacy Adam, by hand (docs/migration.md): a LegacyDecay learning rate (decay 1e-3)
+  and float32 betas, so that ``1 - beta`` is formed in float32."""
+  kwargs["learning_rate"] = optadam.LegacyDecay(kwargs["learning_rate"], decay=1e-3)
+  kwargs["beta_1"] = np.float32(kwargs.get("beta_1", 0.9))
+  kwargs["beta_2"] = np.float32(kwargs.get("beta_2", 0.999))
+  return optadam.adam(**kwargs)
+
+
 class Config(NamedTuple):
-  """One configuration of `optadam.adam`."""
+  """One configuration of `optadam.adam` (or of another member of the family, `builder`)."""
 
   kwargs: dict[str, Any]  # Keras arguments other than learning_rate
   learning_rate: Callable[[float], Any] = _constant  # base rate -> the learning_rate argument
   loss_scale: float = 1.0  # the loss is multiplied by this before differentiating
   wrap: Callable[[Any], Any] = _unwrapped  # around optadam.adam (in make_injected_tx too)
+  builder: Callable[..., Any] = optadam.adam  # optadam.adam, optadam.adamw or _legacy_adam
 
 
 # EMA overwrite every 2 steps (so that the short property runs overwrite) converges only with a
@@ -110,6 +120,10 @@ CONFIGS: dict[str, Config] = {
     learning_rate=_schedule,
     loss_scale=128.0,
   ),
+  "adamw": Config(
+    dict(weight_decay=0.004, amsgrad=True, use_ema=True, ema_momentum=0.9), builder=optadam.adamw
+  ),
+  "legacy_adam": Config(dict(amsgrad=True, clipnorm=1.0), builder=_legacy_adam),
   "loss_scale_keras2": Config(
     dict(amsgrad=True, use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=2),
     loss_scale=LOSS_SCALE,
@@ -131,7 +145,8 @@ def adam_kwargs(name: str, lr: float = CONVERGENCE_LR) -> dict[str, Any]:
 
 
 def make_tx(name: str, lr: float = CONVERGENCE_LR) -> optax.GradientTransformationExtraArgs:
-  return CONFIGS[name].wrap(optadam.adam(**adam_kwargs(name, lr)))
+  config = CONFIGS[name]
+  return config.wrap(config.builder(**adam_kwargs(name, lr)))
 
 
 def make_injected_tx(name: str, lr: float = CONVERGENCE_LR) -> optax.GradientTransformation:
@@ -156,11 +171,13 @@ def make_injected_tx(name: str, lr: float = CONVERGENCE_LR) -> optax.GradientTra
   if callable(lr_arg) and hyperparams.takes_no_arguments(lr_arg):
     injected.discard("learning_rate")
   static = tuple(k for k in inspect.signature(optadam.adam).parameters if k not in injected)
-  wrap = CONFIGS[name].wrap
+  wrap, builder = CONFIGS[name].wrap, CONFIGS[name].builder
 
   @functools.wraps(optadam.adam)  # inject_hyperparams binds the arguments to adam's signature
   def factory(*args: Any, **adam_args: Any) -> Any:
-    return wrap(optadam.adam(*args, **adam_args))
+    bound = inspect.signature(optadam.adam).bind(*args, **adam_args)  # by name: adamw's order
+    arguments = dict(bound.arguments)
+    return wrap(builder(**arguments.pop("kwargs", {}), **arguments))
 
   return optax.inject_hyperparams(factory, static_args=static, hyperparam_dtype=jnp.float32)(
     **kwargs
