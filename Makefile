@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: demo test lint dist lock test-latest test-min bench golden docs keras-files clean
+.PHONY: demo test test-random lint dist lock test-latest test-min bench golden docs keras-files clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ demo: $(STAMP)
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+
+# The randomized differential suite at a larger size (make test runs 40 cases of each kind).
+RANDOM_CASES ?= 1000
+test-random: $(STAMP)
+	OPTADAM_RANDOM_CASES=$(RANDOM_CASES) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) \
+	  tests/integration/test_random_configs.py
 
 # ruff (rules and format) over the tree, mypy over optadam/ (both configured in pyproject.toml).
 lint: $(STAMP)
