@@ -2,7 +2,7 @@
 
 Shared by the step and many-leaf benchmarks (`benchmarks/step_workers.py`,
 `benchmarks/many_leaves.py`) and the tests that pin the number of passes over memory
-(`tests/test_hlo.py`). Standard library only.
+(`tests/integration/test_hlo.py`). Standard library only.
 """
 
 from __future__ import annotations
