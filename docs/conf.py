@@ -65,8 +65,8 @@ myst_enable_extensions = ["colon_fence"]  # no dollarmath: MathJax would load fr
 myst_heading_anchors = 3
 
 # The notebooks are committed without outputs and executed by `make test`
-# (tests/integration/test_notebooks.py). The docs show them as they are committed; to render them with
-# outputs, run the build with OPTADAM_DOCS_EXECUTE=force (needs the dev/examples extras).
+# (tests/integration/test_notebooks.py). The docs show them as they are committed; to render
+# them with outputs, run the build with OPTADAM_DOCS_EXECUTE=force (needs the dev/examples extras).
 nb_execution_mode = os.environ.get("OPTADAM_DOCS_EXECUTE", "off")
 nb_execution_timeout = 300
 nb_execution_raise_on_error = True
