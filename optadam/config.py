@@ -230,7 +230,7 @@ def _check_group_small_leaves(value: Any, ema_style: str, use_ema: bool) -> None
     )
 
 
-_DEPRECATED_KWARGS = ("decay", "gradient_aggregator", "gradient_transformers")
+_DEPRECATED_KWARGS = ("gradient_aggregator", "gradient_transformers")
 _IGNORED_KWARGS = ("is_legacy_optimizer", "mesh")
 
 
@@ -244,11 +244,17 @@ def check_keras_kwargs(kwargs: dict[str, Any], who: str = "optadam.adam") -> Non
         f"`lr` is not an argument of {who}: pass `learning_rate=` instead "
         "(Keras 2 silently ignores `lr`)."
       )
+    if key == "decay":
+      raise ValueError(
+        f"`decay` is an argument of TF's legacy Adam, not of {who}; that optimizer is "
+        "optadam.adam(learning_rate=optadam.LegacyDecay(learning_rate, "
+        f"decay={kwargs['decay']!r}), beta_1=np.float32(beta_1), beta_2=np.float32(beta_2)) "
+        "(see optadam.LegacyDecay); for the new optimizer use a learning-rate schedule."
+      )
     if key in _DEPRECATED_KWARGS:
       raise ValueError(
         f"`{key}` is deprecated in the new Keras optimizer and not supported by "
-        f"{who}; use a learning-rate schedule (for `decay`) or an optax "
-        "transform in your own chain instead."
+        f"{who}; use an optax transform in your own chain instead."
       )
     if key not in _IGNORED_KWARGS:
       raise TypeError(

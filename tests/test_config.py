@@ -87,3 +87,12 @@ def test_transforms_validate_on_their_own():
     optadam.scale_by_learning_rate(None)
   with pytest.raises(ValueError, match="ema_momentum"):
     optadam.parameter_ema(2.0)
+
+
+def test_legacy_decay_keyword_points_to_legacy_decay():
+  # `decay=` comes from TF's legacy Adam: the error says how to build that optimizer
+  legacy = r"learning_rate=optadam\.LegacyDecay\(learning_rate, decay=0\.1\)"
+  with pytest.raises(ValueError, match=legacy):
+    optadam.adam(decay=0.1)
+  with pytest.raises(ValueError, match=r"optadam\.adamw.*LegacyDecay"):
+    optadam.adamw(decay=0.1)
