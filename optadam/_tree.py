@@ -8,11 +8,9 @@ parameter-shaped state trees.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import sys
-from typing import Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
